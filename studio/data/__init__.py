@@ -1,0 +1,1 @@
+"""Data: the clip cache, clip preprocessing, training windows and synthetic talking heads."""
