@@ -12,13 +12,18 @@ Rules this module guarantees (other parts rely on them):
   ``VideoInfo.rotation`` reports the tag as degrees clockwise (0, 90, 180, 270), the same
   convention as ``cv2.CAP_PROP_ORIENTATION_META``.
 - Frame count rule: ``VideoInfo.frames`` is the number of packets of the first video stream that
-  the demuxer delivers (``ffmpeg -map 0:v:0 -c copy -f null -``: container read only, no decode,
-  a few ms). Every packet of an H.264/MPEG-4 stream is one frame, so this is exactly the number
-  of frames :func:`iter_frames` yields (checked on every shared clip by the tests), whereas
-  ``cv2.CAP_PROP_FRAME_COUNT`` is the header's ``nb_frames`` or, when missing (mkv/webm),
-  ``duration * fps`` rounded, which can be off. Frames are yielded as decoded ("passthrough"),
-  never duplicated or dropped to force a constant rate; ``fps`` is the stream's average rate and
-  ``duration = frames / fps`` is the length of the frame sequence as the pipeline uses it.
+  the demuxer delivers *minus those flagged discard* (``ffmpeg -map 0:v:0 -c copy -f framecrc -``:
+  container read only, no decode, 10-40 ms on the shared clips). Each H.264/MPEG-4/VP9 packet is
+  one frame; discard-flagged packets precede an edit list's start (a clip cut between key frames
+  with ``-c copy``) and are decoded only as references, never output. This equals the number of
+  frames :func:`iter_frames` yields (tests check every shared clip, mkv/webm, VFR, an edit-list
+  cut and a half-downloaded file). ``cv2.CAP_PROP_FRAME_COUNT`` is not used: it is the header's
+  ``nb_frames`` (131 instead of 92 for the edit-list cut, the full count for a truncated file)
+  or ``duration * fps`` when the header lacks it.
+  Frames are yielded as decoded ("passthrough"), never duplicated or dropped to force a constant
+  rate; ``fps`` is the stream's average rate and ``duration = frames / fps`` is the length of the
+  frame sequence as the pipeline uses it. OpenCV's frame-number seek is used only for files with
+  evenly spaced packets and no discards; otherwise frames are skipped by decoding forward.
 - Audio is returned as (S,) float32 mono in [-1, 1] at the requested rate: channels are averaged
   and the rate is converted with ``scipy.signal.resample_poly`` (a polyphase FIR resampler).
 - Files are written atomically: a temporary name beside the target, renamed on success.
@@ -76,7 +81,12 @@ def ffmpeg_exe() -> str:
 def _run_ffmpeg(args: Sequence[str], *, timeout: float | None = None) -> subprocess.CompletedProcess:
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
     log.debug("ffmpeg %s", " ".join(map(str, args)))
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise InputError(f"Reading the file took longer than {timeout:.0f} s and was stopped.",
+                         "The file may be damaged, very large or on a slow disk; copy it locally, "
+                         "trim it, or re-encode it as mp4 / wav.") from exc
 
 
 def _tail(text: str | bytes, n: int = 600) -> str:
@@ -204,14 +214,44 @@ def _input_failure(p: Path, stderr: str, what: str) -> InputError:
 
 
 def probe_video(path: PathLike) -> VideoInfo:
-    """Inspect a video file without decoding it.
+    """Inspect a video file without decoding it (demuxing only: milliseconds for a short clip).
 
     Raises InputError for a missing, empty, corrupt or truncated file and for files without a
-    video stream (audio-only files, text, images renamed to .mp4 whose single frame is not a clip).
+    video stream (audio-only files, text, still images).
     """
+    return _probe(path)[0]
+
+
+def _count_packets(listing: str) -> tuple[int, bool]:
+    """Parse ``-f framecrc`` lines -> (frames the decoder outputs, packets evenly spaced).
+
+    A line is ``stream, dts, pts, duration, size, crc[, F=0xFLAGS]`` (no F when the flags are
+    exactly "key"). Packets flagged discard (0x4) are decoded only as references for an edit
+    list that starts between key frames and never come out of the decoder, so they are not
+    frames.
+    """
+    frames, durations, discarded = 0, set(), False
+    lines = [ln for ln in listing.splitlines() if ln and not ln.startswith("#")]
+    for k, line in enumerate(lines):
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 6:
+            continue
+        flags = int(fields[6][2:], 16) if len(fields) > 6 and fields[6].startswith("F=") else 1
+        if flags & 4:
+            discarded = True
+            continue
+        frames += 1
+        if k < len(lines) - 1:
+            durations.add(fields[3])
+    return frames, not discarded and len(durations) <= 1
+
+
+def _probe(path: PathLike) -> tuple[VideoInfo, bool]:
+    """(VideoInfo, regular): regular = constant packet spacing and no edit-list discards, so
+    OpenCV's frame-number seek (which converts the number to a time stamp) is exact."""
     p = _check_file(path, "video")
-    proc = _run_ffmpeg(["-progress", "pipe:1", "-nostats", "-i", str(p),
-                        "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], timeout=120)
+    proc = _run_ffmpeg(["-i", str(p), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"],
+                       timeout=300)
     stderr = proc.stderr.decode("utf-8", "replace")
     streams = _parse_streams(stderr)
     if streams.video is None:
@@ -219,11 +259,14 @@ def probe_video(path: PathLike) -> VideoInfo:
             raise InputError(f"{p.name} has no video stream.",
                              "Pick a video file (mp4, mov, mkv, webm) of the person speaking.")
         raise _input_failure(p, stderr, "video")
-    frames_found = re.findall(r"^frame=(\d+)", proc.stdout.decode("ascii", "replace"), re.M)
-    frames = int(frames_found[-1]) if frames_found else 0
+    frames, regular = _count_packets(proc.stdout.decode("ascii", "replace"))
     if proc.returncode != 0 or frames == 0:
         raise _input_failure(p, stderr, "video")
-    size = re.search(r"(?<![\d.])(\d{2,5})x(\d{2,5})(?![\d.])", streams.video)
+    if "partial file" in stderr:  # the index lists packets whose data is cut off
+        raise InputError(f"The video file {p.name} is incomplete: it ends before the data its index "
+                         "lists (an interrupted download or copy).",
+                         "Download or copy the file again, or re-export it, and try again.")
+    size = re.search(r"(?<![\d.])(\d{1,5})x(\d{1,5})(?![\d.])", streams.video)
     fps = _parse_rate(streams.video)
     if size is None or fps is None:
         raise InputError(f"Cannot read the frame size or frame rate of {p.name}.",
@@ -231,11 +274,15 @@ def probe_video(path: PathLike) -> VideoInfo:
     width, height = int(size.group(1)), int(size.group(2))
     if streams.rotation in (90, 270):
         width, height = height, width
-    if frames == 1 and (streams.container_seconds or 0) <= 0.05:
+    codec = streams.video.split(" ", 1)[0].strip(",")
+    if frames == 1 and (codec in _IMAGE_CODECS or (streams.container_seconds or 0) <= 0.05):
         raise InputError(f"{p.name} is a still image, not a video.",
                          "Provide a video clip of the person speaking.")
-    return VideoInfo(path=str(p), fps=fps, frames=frames, width=width, height=height,
+    if not regular:
+        log.info("%s: variable frame spacing or an edit list; frames are read sequentially", p.name)
+    info = VideoInfo(path=str(p), fps=fps, frames=frames, width=width, height=height,
                      duration=frames / fps, has_audio=streams.audio, rotation=streams.rotation)
+    return info, regular
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,20 +312,24 @@ def iter_frames(path: PathLike, start: int = 0, stop: int | None = None) -> Iter
 
     Only one frame is held at a time. ``stop=None`` (or past the end) reads to the end.
     """
-    info = probe_video(path)
+    info, seekable = _probe(path)
     start, stop = _check_range(info, start, stop)
-    return _iter_frames_cv2(info, start, stop)
+    return _iter_frames_cv2(info, start, stop, seekable)
 
 
-def _iter_frames_cv2(info: VideoInfo, start: int, stop: int) -> Iterator[np.ndarray]:
+def _iter_frames_cv2(info: VideoInfo, start: int, stop: int, seekable: bool = False) -> Iterator[np.ndarray]:
     cap = _open_capture(Path(info.path))
     if cap is None:
         log.info("OpenCV cannot open %s; decoding through an ffmpeg pipe", info.path)
         yield from _iter_frames_pipe(info, start, stop)
         return
     try:
-        if start > 0:
+        if start > _SEEK_FORWARD_FRAMES and seekable:
             cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        else:
+            for i in range(start):
+                if not cap.grab():
+                    return
         for i in range(start, stop):
             ok, bgr = cap.read()
             if not ok:
@@ -328,7 +379,7 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> list[np.ndarray]:
     forward, a larger one seeks (OpenCV seeks to the previous key frame and decodes up to the
     frame, so the result equals the frame from sequential decoding).
     """
-    info = probe_video(path)
+    info, seekable = _probe(path)
     wanted = sorted({int(i) for i in indices})
     if not wanted:
         return []
@@ -344,7 +395,7 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> list[np.ndarray]:
         try:
             pos = 0
             for i in wanted:
-                if i < pos or i - pos > _SEEK_FORWARD_FRAMES:
+                if i < pos or (seekable and i - pos > _SEEK_FORWARD_FRAMES):
                     cap.set(cv2.CAP_PROP_POS_FRAMES, i)
                     pos = i
                 while pos < i:
@@ -467,6 +518,8 @@ def _has_audio_stream(p: Path) -> bool:
 def _audio_input(audio: np.ndarray | PathLike, tmpdir: Path) -> Path:
     """An ffmpeg-readable file holding ``audio`` (a 16 kHz array or a file with sound)."""
     if isinstance(audio, np.ndarray):
+        if audio.size == 0:
+            raise InputError("The audio to put into the video is empty.", "Provide speech with some samples.")
         out = tmpdir / "audio.wav"
         out.write_bytes(wav_bytes(audio, SAMPLE_RATE))
         return out

@@ -449,3 +449,59 @@ def test_benchmark_runs(tmp_path, small_clip):
     result = media.benchmark(small_clip[0], seconds=0.2, encode_frames=3)
     assert result["decode_fps_cv2"] > 0 and result["decode_fps_ffmpeg_pipe"] > 0
     assert result["encode_fps_720p"] > 0 and result["decode_size"] == "64x48"
+
+
+# ---------------------------------------------------------------------------------- frame counting
+
+
+def test_frame_count_rule_on_awkward_containers(tmp_path, small_clip):
+    path, _ = small_clip
+    variants = {
+        "vp9.webm": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "100k"],
+        "h264.mkv": ["-c:v", "libx264", "-bf", "3"],
+        "ntsc.mov": ["-c:v", "libx264", "-r", "30000/1001"],
+        "vfr.mp4": ["-vf", "setpts='if(lt(N,20),PTS,PTS*2)'", "-fps_mode", "vfr", "-c:v", "libx264"],
+    }
+    for name, args in variants.items():
+        out = tmp_path / name
+        _ffmpeg("-i", str(path), "-an", *args, str(out))
+        info = media.probe_video(out)
+        frames = list(media.iter_frames(out))
+        assert len(frames) == info.frames == (48 if name == "ntsc.mov" else 40), name
+        assert info.duration == pytest.approx(len(frames) / info.fps)
+        for i, f in zip([39, 2, 30], media.read_frames(out, [39, 2, 30])):
+            np.testing.assert_array_equal(f, frames[i])
+    assert media.probe_video(tmp_path / "ntsc.mov").fps == pytest.approx(30000 / 1001, abs=1e-9)
+    assert media.probe_video(tmp_path / "vfr.mp4").fps < 25  # the average rate
+
+
+@pytest.mark.slow
+def test_edit_list_cut_between_key_frames(tmp_path, shared):
+    """A stream-copied cut keeps the GOP's leading packets, flagged discard: not frames."""
+    out = tmp_path / "cut.mp4"
+    _ffmpeg("-ss", "1.3", "-i", str(shared / "media" / "video" / "obama_clip1.mp4"), "-t", "3",
+            "-c", "copy", str(out))
+    info = media.probe_video(out)
+    frames = list(media.iter_frames(out))
+    assert len(frames) == info.frames
+    assert abs(info.frames - 90) <= 3
+    cap = cv2.VideoCapture(str(out))
+    header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # includes the discarded lead-in packets
+    cap.release()
+    assert header > info.frames
+    for i, f in zip([60, 5], media.read_frames(out, [60, 5])):
+        np.testing.assert_array_equal(f, frames[i])
+    np.testing.assert_array_equal(next(media.iter_frames(out, start=70)), frames[70])
+
+
+@pytest.mark.slow
+def test_half_downloaded_faststart_mp4(tmp_path, shared):
+    """Index at the front, data cut off: an InputError, not a frame count that cannot be met."""
+    full = tmp_path / "fs.mp4"
+    _ffmpeg("-i", str(shared / "media" / "video" / "theresa_may_5s.mp4"), "-c", "copy",
+            "-movflags", "+faststart", str(full))
+    half = tmp_path / "half.mp4"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(InputError, match="incomplete"):
+        media.probe_video(half)
+    assert media.probe_video(full).frames == 125
