@@ -28,9 +28,10 @@ Rules this module guarantees (other parts rely on them):
   and the rate is converted with ``scipy.signal.resample_poly`` (a polyphase FIR resampler).
 - Files are written atomically: a temporary name beside the target, renamed on success.
 
-Decode speed (``benchmark``; 720p H.264 obama_weekly_address.mp4, 2 shared cores): OpenCV about
-780-900 frames/s including the BGR->RGB conversion, an ffmpeg rawvideo rgb24 pipe about 700, so
-OpenCV is the default decoder and the pipe is the fallback for files OpenCV cannot open.
+Speed (``benchmark``; 720p H.264 obama_weekly_address.mp4, 2 shared cores): OpenCV decodes about
+800-990 frames/s including the BGR->RGB conversion, an ffmpeg rawvideo rgb24 pipe about 700-730,
+so OpenCV is the decoder and the pipe is the fallback for files OpenCV cannot open. Probing takes
+about 30 ms; encoding 720p (libx264 veryfast, crf 18) about 150 frames/s.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ PathLike = str | os.PathLike[str]
 
 # ffmpeg prints rates rounded to 2 decimals; these are the exact NTSC rates they stand for.
 _NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120, 240))
-_SEEK_FORWARD_FRAMES = 48
-_IMAGE_CODECS = {"png", "mjpeg", "bmp", "webp", "tiff", "gif", "jpegls", "jpeg2000", "qoi", "jpegxl"}  # read_frames decodes forward instead of seeking for gaps up to this
+_SEEK_FORWARD_FRAMES = 48  # read_frames decodes forward instead of seeking for gaps up to this
+_IMAGE_CODECS = {"png", "mjpeg", "bmp", "webp", "tiff", "gif", "jpegls", "jpeg2000", "qoi", "jpegxl"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +131,8 @@ class _Streams:
 
 _STREAM_RE = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
-_DISPLAY_MATRIX_RE = re.compile(r"(?:displaymatrix|Display Matrix): rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
+_DISPLAY_MATRIX_RE = re.compile(
+    r"(?:displaymatrix|Display Matrix): rotation of (-?\d+(?:\.\d+)?) degrees", re.I)
 _ROTATE_TAG_RE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)", re.M)
 
 
@@ -384,7 +386,8 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> list[np.ndarray]:
     if not wanted:
         return []
     if wanted[0] < 0 or wanted[-1] >= info.frames:
-        raise InputError(f"Frame index out of range: the video has {info.frames} frames (0..{info.frames - 1}).",
+        raise InputError(f"Frame index out of range: the video has {info.frames} frames "
+                         f"(0..{info.frames - 1}).",
                          "Ask for frames inside the video.")
     got: dict[int, np.ndarray] = {}
     cap = _open_capture(Path(info.path))
@@ -734,7 +737,8 @@ def check_video(info: VideoInfo, limits: MediaLimits = MediaLimits()) -> None:
     """LimitError if the video's file size, duration or resolution exceeds ``limits``."""
     check_file_size(info.path, limits)
     if info.duration > limits.max_video_seconds:
-        raise LimitError(f"The video is {info.duration:.1f} s long; the limit is {limits.max_video_seconds:g} s.",
+        raise LimitError(f"The video is {info.duration:.1f} s long; the limit is "
+                         f"{limits.max_video_seconds:g} s.",
                          "Trim the video to a shorter clip and try again.")
     if info.width > limits.max_width or info.height > limits.max_height:
         raise LimitError(f"The video is {info.width}x{info.height}; the limit is "
