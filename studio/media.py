@@ -268,7 +268,7 @@ def _probe(path: PathLike) -> tuple[VideoInfo, bool]:
         raise InputError(f"The video file {p.name} is incomplete: it ends before the data its index "
                          "lists (an interrupted download or copy).",
                          "Download or copy the file again, or re-export it, and try again.")
-    size = re.search(r"(?<![\d.])(\d{1,5})x(\d{1,5})(?![\d.])", streams.video)
+    size = re.search(r"(?<![\w.])(\d{1,5})x(\d{1,5})(?![\w.])", streams.video)
     fps = _parse_rate(streams.video)
     if size is None or fps is None:
         raise InputError(f"Cannot read the frame size or frame rate of {p.name}.",

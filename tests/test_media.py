@@ -459,6 +459,7 @@ def test_frame_count_rule_on_awkward_containers(tmp_path, small_clip):
     variants = {
         "vp9.webm": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "100k"],
         "h264.mkv": ["-c:v", "libx264", "-bf", "3"],
+        "h264.ts": ["-c:v", "libx264"],  # codec tag 0x001B must not be read as a size
         "ntsc.mov": ["-c:v", "libx264", "-r", "30000/1001"],
         "vfr.mp4": ["-vf", "setpts='if(lt(N,20),PTS,PTS*2)'", "-fps_mode", "vfr", "-c:v", "libx264"],
     }
