@@ -1,0 +1,409 @@
+"""The dubbing pipeline: speech + template + subject + variant + edits -> landmarks -> frames -> mp4.
+
+Stages are separately callable and cached, so that the studio can re-run only what changed:
+
+    speech(path)                          -> Speech       (decoded once per file content)
+    template(subject, which)              -> Clip         (a subject clip, or an uploaded video
+                                                           preprocessed once per content)
+    predict(subject, speech, template, v) -> Prediction   (the network runs once per combination)
+    landmarks(prediction, template, subject, edits) -> Landmarks   (pure and fast: edit sliders)
+    facemap(...), preview_frame(...), render(...)                  (frames are streamed)
+
+Models and subjects are owned by the one :class:`studio.manager.ModelManager`; the small data caches
+here are bounded and thread-safe. Per-request settings are arguments, never shared state.
+
+Length rule: the output has one frame per template-rate frame of speech,
+``T = round(speech_seconds * template_fps)``. When the speech is longer than the template, the
+template is extended by ping-pong looping (:func:`studio.train.checkpoint.extend_template`);
+``Prediction.frame_index`` maps each output frame to its template frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+import numpy as np
+
+from studio import media
+from studio.audio import SAMPLE_RATE, features_for_video, frame_energy
+from studio.edits import Edits, apply_edits, closed_mouth_shape
+from studio.errors import CancelledError, InputError, StudioError
+from studio.face import layout
+from studio.fsutil import sha256_file
+from studio.manager import ModelManager
+from studio.subject import ALL_VARIANTS, Subject
+
+log = logging.getLogger(__name__)
+
+RENDERERS = ("retrieval", "neural")
+Progress = Callable[[float, str], None]  # (fraction 0..1, description)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    render_size: int = 256  # face crop side the renderers work at (256, 512 or 720)
+    limits: media.MediaLimits = field(default_factory=media.MediaLimits)
+    min_speech_rms: float = 1e-4  # below this the speech is treated as silent (digital silence)
+    frame_chunk: int = 32  # template frames decoded at a time when the template plays backwards
+    cache_items: int = 16  # entries kept in each data cache (speech, templates, predictions)
+
+
+@dataclass(frozen=True, eq=False)
+class Speech:
+    """Decoded speech. signal (S,) float32 mono at 16 kHz."""
+
+    path: str
+    sha256: str
+    signal: np.ndarray
+
+    @property
+    def seconds(self) -> float:
+        return len(self.signal) / SAMPLE_RATE
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """The mapping network's output for one speech on one template. T output frames.
+
+    talk         (T, 58) normalized talking points (before edits)
+    coefs        (T, 13) G1's PCA mouth coefficients
+    frame_index  (T,)    template frame of each output frame (ping-pong extension)
+    energy       (T,)    RMS speech energy per output frame (for silence closing and plots)
+    """
+
+    talk: np.ndarray
+    coefs: np.ndarray
+    frame_index: np.ndarray
+    energy: np.ndarray
+    fps: float
+    variant: str
+    key: tuple
+
+    @property
+    def frames(self) -> int:
+        return int(self.talk.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Landmarks:
+    """Edited landmarks of every output frame, ready to draw and render. T output frames.
+
+    talk        (T, 58) normalized, edits applied
+    points      (T, 68, 2) template pixels: the template's 68 points with the 29 talking points
+                replaced by the edited prediction
+    template    (T, 68, 2) the template's own points for the same frames (for overlays)
+    """
+
+    talk: np.ndarray
+    points: np.ndarray
+    template: np.ndarray
+    frame_index: np.ndarray
+    fps: float
+
+
+class _LRU:
+    """A small thread-safe LRU dict for data (not models)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = make()  # outside the lock: two threads may both compute; both get a valid value
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return value
+
+
+class Pipeline:
+    """Speech + template + subject + edits -> dubbed video. Safe to share between threads."""
+
+    def __init__(self, manager: ModelManager | None = None, config: PipelineConfig = PipelineConfig(),
+                 work_dir: str | os.PathLike[str] | None = None) -> None:
+        self.manager = manager or ModelManager()
+        self.config = config
+        self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / "lip-sync-studio")
+        self._speech = _LRU(config.cache_items)
+        self._templates = _LRU(config.cache_items)
+        self._predictions = _LRU(config.cache_items)
+
+    # -- loading -----------------------------------------------------------------------------------
+    def subject(self, directory: str | os.PathLike[str]) -> Subject:
+        d = Path(directory).resolve()
+        return self.manager.get(("subject", str(d)), lambda device: Subject.load(d))
+
+    def mapping(self, subject: Subject, variant: str):
+        from studio.train.checkpoint import MappingModel
+
+        path = subject.mapping_dir(variant).resolve()
+        return self.manager.get(("mapping", str(path)), lambda device: MappingModel.load(path))
+
+    def retrieval(self, subject: Subject):
+        from studio.render.retrieval import RetrievalRenderer
+
+        path = subject.retrieval_dir.resolve()
+        return self.manager.get(("retrieval", str(path)), lambda device: RetrievalRenderer.load(path))
+
+    def neural(self, subject: Subject):
+        from studio.render.neural import NeuralRenderer
+
+        path = subject.neural_dir.resolve()
+        return self.manager.get(("neural", str(path)),
+                                lambda device: NeuralRenderer.load(path, device=device))
+
+    def closed_shape(self, subject: Subject) -> np.ndarray:
+        """(58,) the subject's own closed mouth (normalized), from its footage."""
+        key = ("closed", str(subject.directory.resolve()))
+        return self.manager.get(key, lambda device: closed_mouth_shape(
+            np.concatenate([c.talk[c.valid] for c in subject.clips()])))
+
+    # -- stages ------------------------------------------------------------------------------------
+    def speech(self, path: str | os.PathLike[str]) -> Speech:
+        """Decode and check speech; cached by file content."""
+        p = Path(path)
+        media.check_file_size(p, self.config.limits)
+        sha = sha256_file(p)
+
+        def make() -> Speech:
+            signal = media.read_audio(p)
+            seconds = len(signal) / SAMPLE_RATE
+            media.check_audio_seconds(seconds, self.config.limits)
+            if seconds < 0.1:
+                raise InputError(f"The speech in {p.name} is only {seconds * 1000:.0f} ms long.",
+                                 "Use at least a second of speech.")
+            if float(np.sqrt(np.mean(signal.astype(np.float64) ** 2))) < self.config.min_speech_rms:
+                raise InputError(f"The speech in {p.name} is silent.",
+                                 "Check the recording (microphone muted?) and upload speech with audible voice.")
+            return Speech(str(p), sha, signal)
+
+        return self._speech.get_or(("speech", sha), make)
+
+    def template(self, subject: Subject, which: str | os.PathLike[str] | None = None):
+        """The template clip: ``None`` = the subject's first clip, a clip name, or a video file.
+
+        A video file is preprocessed once (cached by content under the work folder).
+        """
+        from studio.data.clip import Clip
+        from studio.data.preprocess import preprocess
+
+        if which is None or (isinstance(which, str) and which in subject.manifest.clips):
+            name = which or subject.manifest.clips[0]
+            return subject.clip(name)
+        p = Path(which)
+        if not p.exists():
+            raise InputError(f"Template {str(which)!r} is neither a clip of {subject.name!r} nor a file.",
+                             f"Pick one of {list(subject.manifest.clips)} or upload a video.")
+        media.check_file_size(p, self.config.limits)
+        media.check_video(media.probe_video(p), self.config.limits)
+        sha = sha256_file(p)
+
+        def make() -> Clip:
+            return preprocess(p, self.work_dir / "templates" / sha[:16])
+
+        return self._templates.get_or(("template", sha), make)
+
+    def predict(self, subject: Subject, speech: Speech, template, variant: str = "ours") -> Prediction:
+        """Run the mapping network (cached per subject, speech, template and variant)."""
+        from studio.train.checkpoint import extend_template
+
+        if variant not in ALL_VARIANTS:
+            raise InputError(f"Unknown variant {variant!r}.", f"Use one of {list(ALL_VARIANTS)}.")
+        key = (str(subject.directory.resolve()), speech.sha256, template.meta.source_sha256, variant)
+
+        def make() -> Prediction:
+            model = self.mapping(subject, variant)
+            fps = template.meta.fps
+            n = max(1, int(round(speech.seconds * fps)))
+            idx = extend_template(n, template.meta.frames)
+            audio = features_for_video(speech.signal, fps, n)
+            talk, coefs = model.predict(audio, template.pose[idx], template.cheek[idx], return_coefs=True)
+            energy = frame_energy(speech.signal, n, fps)
+            return Prediction(talk, coefs, idx, energy, fps, variant, key)
+
+        return self._predictions.get_or(("prediction",) + key, make)
+
+    def landmarks(self, prediction: Prediction, template, subject: Subject,
+                  edits: Edits = Edits()) -> Landmarks:
+        """Apply edits and put the prediction into the template frames' pixels. Pure and fast."""
+        from studio.face.normalize import denormalize_flat
+
+        pca = self.mapping(subject, prediction.variant).pca
+        closed = self.closed_shape(subject) if edits.close_on_silence else None
+        talk = apply_edits(prediction.talk, edits, pca, speech_energy=prediction.energy,
+                           closed_shape=closed, fps=prediction.fps)
+        idx = prediction.frame_index
+        centre, scale = template.centre[idx], template.scale[idx]
+        base = template.landmarks[idx]
+        points = layout.with_talking(base, denormalize_flat(talk, centre, scale))
+        return Landmarks(talk.astype(np.float32), points.astype(np.float32), base, idx, prediction.fps)
+
+    # -- frames ------------------------------------------------------------------------------------
+    def template_frames(self, template, frame_index: np.ndarray, start: int = 0,
+                        stop: int | None = None) -> Iterator[np.ndarray]:
+        """Stream the template frames ``frame_index[start:stop]`` in order, RGB uint8.
+
+        Forward runs stream from the decoder; backward runs (ping-pong) decode chunks of
+        ``frame_chunk`` frames and play them reversed, so memory stays bounded.
+        """
+        idx = np.asarray(frame_index[start:stop], dtype=np.int64)
+        video = template.video_path
+        k = 0
+        while k < len(idx):
+            step = 1 if k + 1 >= len(idx) or idx[k + 1] >= idx[k] else -1
+            j = k + 1
+            while j < len(idx) and idx[j] - idx[j - 1] == step:
+                j += 1
+            run = idx[k:j]
+            if step == 1:
+                yield from media.iter_frames(video, int(run[0]), int(run[-1]) + 1)
+            else:
+                chunk = self.config.frame_chunk
+                for a in range(0, len(run), chunk):
+                    part = run[a:a + chunk]  # descending indices
+                    frames = list(media.iter_frames(video, int(part[-1]), int(part[0]) + 1))
+                    yield from reversed(frames)
+            k = j
+
+    def renderer(self, subject: Subject, name: str):
+        if name not in RENDERERS:
+            raise InputError(f"Unknown renderer {name!r}.", f"Use one of {list(RENDERERS)}.")
+        return self.retrieval(subject) if name == "retrieval" else self.neural(subject)
+
+    def facemap(self, template, lms: Landmarks, i: int, facemap_cfg=None) -> np.ndarray:
+        """The synthetic facial map of output frame ``i`` at ``render_size``: (S, S, 3) uint8."""
+        from studio.render.crop import CropTrack
+        from studio.render.facemap import FacemapConfig, facial_map
+
+        cfg = facemap_cfg or FacemapConfig()
+        i = _check_frame(i, lms)
+        size = self.config.render_size
+        track = CropTrack.from_landmarks(lms.template, (template.meta.width, template.meta.height))
+        frame = next(self.template_frames(template, lms.frame_index, i, i + 1))
+        crop = track.crop(frame, i, size)
+        tpl = track.to_crop(lms.template[i], i, size)
+        pred = layout.talking_vector(track.to_crop(lms.points[i], i, size))
+        return facial_map(crop, tpl, pred, cfg)
+
+    def render_frames(self, subject: Subject, template, lms: Landmarks, renderer: str = "retrieval",
+                      start: int = 0, stop: int | None = None, *, facemap_cfg=None,
+                      cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
+        """Full output frames ``start..stop`` (RGB uint8, template resolution), streamed."""
+        from studio.render.compose import render_sequence
+
+        stop = lms.points.shape[0] if stop is None else min(stop, lms.points.shape[0])
+        if not 0 <= start < stop:
+            raise InputError(f"Frame range {start}..{stop} is empty.", f"Pick frames in 0..{lms.points.shape[0] - 1}.")
+        engine = self.renderer(subject, renderer)
+        frames = self.template_frames(template, lms.frame_index, start, stop)
+        for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
+                                     size=self.config.render_size, facemap_cfg=facemap_cfg):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("Rendering was cancelled.", "Start it again when ready.")
+            yield frame
+
+    def preview_frame(self, subject: Subject, template, lms: Landmarks, i: int,
+                      renderer: str = "retrieval", facemap_cfg=None) -> np.ndarray:
+        i = _check_frame(i, lms)
+        return next(self.render_frames(subject, template, lms, renderer, i, i + 1, facemap_cfg=facemap_cfg))
+
+    def render(self, subject: Subject, template, speech: Speech, lms: Landmarks, out_path: str | os.PathLike[str],
+               renderer: str = "retrieval", *, facemap_cfg=None, progress: Progress | None = None,
+               cancel: threading.Event | None = None) -> Path:
+        """Render every frame and write an H.264/AAC mp4 with the speech (atomic: temp + rename)."""
+        n = lms.points.shape[0]
+        size = (template.meta.width, template.meta.height)
+        report = progress or (lambda f, d: None)
+        with media.VideoWriter(out_path, lms.fps, size, audio=speech.signal) as writer:
+            for k, frame in enumerate(self.render_frames(subject, template, lms, renderer,
+                                                         facemap_cfg=facemap_cfg, cancel=cancel)):
+                writer.write(frame)
+                if k % 10 == 0 or k == n - 1:
+                    report((k + 1) / n, f"frame {k + 1}/{n}")
+        return Path(out_path)
+
+    # -- one call ------------------------------------------------------------------------------
+    def dub(self, subject_dir: str | os.PathLike[str], speech_path: str | os.PathLike[str],
+            out_path: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None,
+            renderer: str = "retrieval", variant: str = "ours", edits: Edits = Edits(),
+            progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
+        subject = self.subject(subject_dir)
+        speech = self.speech(speech_path)
+        tpl = self.template(subject, template)
+        pred = self.predict(subject, speech, tpl, variant)
+        lms = self.landmarks(pred, tpl, subject, edits)
+        return self.render(subject, tpl, speech, lms, out_path, renderer, progress=progress, cancel=cancel)
+
+
+def _check_frame(i: int, lms: Landmarks) -> int:
+    n = lms.points.shape[0]
+    if not 0 <= int(i) < n:
+        raise InputError(f"Frame {i} is outside the clip (0..{n - 1}).", "Pick a frame inside the clip.")
+    return int(i)
+
+
+def landmarks_table(lms: Landmarks):
+    """The edited landmarks as a pandas DataFrame: one row per output frame, x0..y67 in pixels."""
+    import pandas as pd
+
+    t = lms.points.shape[0]
+    cols: dict[str, Any] = {"frame": np.arange(t), "time": np.arange(t) / lms.fps, "template_frame": lms.frame_index}
+    for i in range(68):
+        cols[f"x{i}"] = lms.points[:, i, 0]
+        cols[f"y{i}"] = lms.points[:, i, 1]
+    return pd.DataFrame(cols)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subject", required=True, help="subject folder (make-subject)")
+    parser.add_argument("--speech", required=True, help="speech to dub (wav, mp3, m4a, ...)")
+    parser.add_argument("--template", default=None, help="template video, or a clip name of the subject "
+                        "(default: the subject's first clip)")
+    parser.add_argument("--out", required=True, help="output .mp4")
+    parser.add_argument("--renderer", default="retrieval", choices=RENDERERS)
+    parser.add_argument("--edits", default=None, help="edits JSON file (studio.edits.Edits)")
+    parser.add_argument("--variant", default="ours", choices=ALL_VARIANTS)
+    parser.add_argument("--size", type=int, default=PipelineConfig.render_size, help="face crop size to render at")
+    parser.add_argument("--landmarks-csv", default=None, help="also write the edited landmarks as CSV")
+
+
+def cli(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    edits = Edits.load(args.edits) if args.edits else Edits()
+    pipe = Pipeline(config=PipelineConfig(render_size=args.size))
+    subject = pipe.subject(args.subject)
+    speech = pipe.speech(args.speech)
+    tpl = pipe.template(subject, args.template)
+    pred = pipe.predict(subject, speech, tpl, args.variant)
+    lms = pipe.landmarks(pred, tpl, subject, edits)
+    if args.landmarks_csv:
+        landmarks_table(lms).to_csv(args.landmarks_csv, index=False, float_format="%.2f")
+    bar = tqdm(total=lms.points.shape[0], desc="render", unit="frame")
+
+    def progress(frac: float, desc: str) -> None:
+        bar.n = int(round(frac * bar.total))
+        bar.refresh()
+
+    try:
+        out = pipe.render(subject, tpl, speech, lms, args.out, args.renderer, progress=progress)
+    finally:
+        bar.close()
+    log.info("wrote %s (%d frames, %.1f s)", out, lms.points.shape[0], speech.seconds)
+    return 0

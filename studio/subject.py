@@ -1,0 +1,271 @@
+"""A subject: everything the studio knows about one person, in one folder.
+
+Layout of SUBJECT_DIR::
+
+    subject.json        manifest (written last; its presence means the folder is complete)
+    clips/<name>/       preprocessed clips (studio.data.clip cache format)
+    mapping/<variant>/  mapping checkpoints (studio.train.checkpoint), one per trained variant
+    retrieval/          the retrieval renderer's pool (studio.render.retrieval)
+    neural/             the neural renderer's checkpoint, when one was trained
+
+``python -m studio make-subject VIDEO... --out SUBJECT_DIR [--neural]`` builds it end to end;
+every stage is resumable because each writes atomically and is skipped when already complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from studio.errors import CheckpointError, InputError
+from studio.fsutil import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "subject.json"
+FORMAT = "lip-sync-studio/subject"
+VERSION = 1
+ALL_VARIANTS = ("ours", "no-pose", "g1-pose", "g2-pose", "no-cheek", "lstm", "bilstm")
+VARIANT_LABELS = {
+    "no-pose": "No pose", "g1-pose": "G1 pose", "g2-pose": "G2 pose", "ours": "Ours",
+    "no-cheek": "No cheek", "lstm": "LSTM", "bilstm": "BiLSTM",
+}
+
+Progress = Callable[[str, float], None]  # (stage description, fraction 0..1)
+
+
+@dataclass(frozen=True)
+class SubjectManifest:
+    name: str
+    clips: tuple[str, ...]
+    variants: tuple[str, ...]
+    retrieval: bool
+    neural: bool
+    created: float = 0.0
+    sources: tuple[str, ...] = ()
+    format: str = FORMAT
+    version: int = VERSION
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Subject:
+    """A loaded subject folder. Read-only: building is :func:`make_subject`'s job."""
+
+    def __init__(self, directory: Path, manifest: SubjectManifest) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self._clips: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> "Subject":
+        directory = Path(directory)
+        hint = "Build it with `python -m studio make-subject VIDEO... --out SUBJECT_DIR`."
+        try:
+            raw = json.loads((directory / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{directory} is not a subject folder (no {MANIFEST}).", hint) from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{directory / MANIFEST} is unreadable: {exc}.", hint) from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise CheckpointError(f"{directory / MANIFEST} is not a subject manifest.", hint)
+        try:
+            manifest = SubjectManifest(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        except TypeError as exc:
+            raise CheckpointError(f"{directory / MANIFEST} has unexpected fields: {exc}.", hint) from None
+        return cls(directory, manifest)
+
+    # -- parts ----------------------------------------------------------------------------------
+    def clip_dir(self, name: str) -> Path:
+        if name not in self.manifest.clips:
+            raise InputError(f"Subject {self.name!r} has no clip {name!r}.",
+                             f"Pick one of {list(self.manifest.clips)}.")
+        return self.directory / "clips" / name
+
+    def clip(self, name: str):
+        from studio.data.clip import Clip
+
+        if name not in self._clips:
+            self._clips[name] = Clip.load(self.clip_dir(name))
+        return self._clips[name]
+
+    def clips(self) -> list:
+        return [self.clip(n) for n in self.manifest.clips]
+
+    def mapping_dir(self, variant: str) -> Path:
+        if variant not in ALL_VARIANTS:
+            raise InputError(f"Unknown mapping variant {variant!r}.", f"Use one of {list(ALL_VARIANTS)}.")
+        if variant not in self.manifest.variants:
+            raise CheckpointError(
+                f"Subject {self.name!r} has no trained {variant!r} model.",
+                f"Trained variants: {list(self.manifest.variants)}. Train it with `python -m studio "
+                f"make-subject ... --variants {variant}` or pick a trained one.")
+        return self.directory / "mapping" / variant
+
+    @property
+    def retrieval_dir(self) -> Path:
+        if not self.manifest.retrieval:
+            raise CheckpointError(f"Subject {self.name!r} has no retrieval pool.",
+                                  "Rebuild the subject with `python -m studio make-subject`.")
+        return self.directory / "retrieval"
+
+    @property
+    def neural_dir(self) -> Path:
+        if not self.manifest.neural:
+            raise CheckpointError(f"Subject {self.name!r} has no trained neural renderer.",
+                                  "Use the retrieval renderer, or build the subject with --neural.")
+        return self.directory / "neural"
+
+
+def clip_name(video: Path, used: set[str]) -> str:
+    """A safe, unique folder name for a clip from its file name."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", video.stem).strip("._") or "clip"
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
+def sibling_audio(video: Path) -> Path | None:
+    """The same-named .wav beside a video, used when the video itself has no audio track."""
+    for ext in (".wav", ".mp3", ".m4a", ".flac"):
+        cand = video.with_suffix(ext)
+        if cand.exists():
+            return cand
+    return None
+
+
+def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
+                 audios: Sequence[str | os.PathLike[str] | None] | None = None,
+                 variants: Sequence[str] = ("ours",), neural: bool = False, preset: str = "cpu",
+                 backend: str = "mediapipe", seed: int = 0, name: str | None = None,
+                 neural_steps: int | None = None, neural_size: int = 256,
+                 progress: Progress | None = None) -> Subject:
+    """Build (or complete) a subject folder from footage of one person.
+
+    Stages, each skipped when its output is already complete: preprocess every video (with its
+    own audio track, the given audio file, or a same-named .wav beside it), train each mapping
+    variant on all clips, build the retrieval pool, optionally train the neural renderer. The
+    manifest is written last.
+    """
+    from studio import media
+    from studio.data.preprocess import preprocess
+    from studio.render.retrieval import RetrievalPool
+    from studio.train.mapping import train_mapping
+
+    out = Path(out_dir)
+    videos = [Path(v) for v in videos]
+    if not videos:
+        raise InputError("No footage given.", "Pass one or more videos of the same person.")
+    bad = [v for v in variants if v not in ALL_VARIANTS]
+    if bad:
+        raise InputError(f"Unknown variant(s) {bad}.", f"Use any of {list(ALL_VARIANTS)}.")
+    if audios is not None and len(audios) != len(videos):
+        raise InputError("Give one audio file per video (or none).", "Match --audio to the videos in order.")
+    report = progress or (lambda stage, frac: None)
+    n_stages = len(videos) + len(variants) + 1 + int(neural)
+    done = 0
+
+    used: set[str] = set()
+    clip_dirs: list[Path] = []
+    for k, video in enumerate(videos):
+        audio = audios[k] if audios is not None else None
+        if audio is None and not media.probe_video(video).has_audio:
+            audio = sibling_audio(video)
+        name_k = clip_name(video, used)
+        report(f"preprocess {video.name}", done / n_stages)
+        preprocess(video, out / "clips" / name_k, audio=audio, backend=backend)
+        clip_dirs.append(out / "clips" / name_k)
+        done += 1
+
+    for variant in variants:
+        report(f"train mapping: {variant}", done / n_stages)
+        ckpt = out / "mapping" / variant
+        if not (ckpt / "config.json").exists():
+            train_mapping(clip_dirs, variant, ckpt, preset=preset, seed=seed)
+        done += 1
+
+    report("build retrieval pool", done / n_stages)
+    pca_source = out / "mapping" / variants[0]
+    RetrievalPool.build_folder(clip_dirs, out / "retrieval", pca_dir=pca_source)
+    done += 1
+
+    if neural:
+        from studio.train.renderer import train_renderer
+
+        report("train neural renderer", done / n_stages)
+        kw = {} if neural_steps is None else {"steps": neural_steps}
+        train_renderer(clip_dirs, out / "neural", size=neural_size, **kw)
+        done += 1
+
+    manifest = SubjectManifest(
+        name=name or out.name, clips=tuple(p.name for p in clip_dirs), variants=tuple(variants),
+        retrieval=True, neural=bool(neural), created=time.time(), sources=tuple(str(v) for v in videos))
+    old = _existing_manifest(out)
+    if old is not None:  # keep variants trained earlier
+        merged = tuple(v for v in ALL_VARIANTS if v in set(old.variants) | set(variants)
+                       and (out / "mapping" / v / "config.json").exists())
+        manifest = dataclasses.replace(manifest, variants=merged, neural=manifest.neural or old.neural)
+    write_json_atomic(out / MANIFEST, dataclasses.asdict(manifest))
+    report("done", 1.0)
+    return Subject.load(out)
+
+
+def _existing_manifest(out: Path) -> SubjectManifest | None:
+    try:
+        return Subject.load(out).manifest
+    except CheckpointError:
+        return None
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", help="footage of one person (video files)")
+    parser.add_argument("--out", required=True, help="subject folder to create or complete")
+    parser.add_argument("--audio", nargs="*", default=None,
+                        help="one audio file per video (default: the video's own track, else a same-named .wav)")
+    parser.add_argument("--variants", default="ours",
+                        help="comma-separated mapping variants to train, or 'all' (default: ours)")
+    parser.add_argument("--neural", action="store_true", help="also train the neural renderer (slow on CPU)")
+    parser.add_argument("--neural-steps", type=int, default=None, help="neural renderer training steps")
+    parser.add_argument("--neural-size", type=int, default=256, help="neural renderer resolution")
+    parser.add_argument("--preset", default="cpu", help="training preset (presets/*.toml)")
+    parser.add_argument("--backend", default="mediapipe", choices=("mediapipe", "fan"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=None, help="display name (default: the folder name)")
+
+
+def cli(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    variants = ALL_VARIANTS if args.variants == "all" else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    bar = tqdm(total=100, desc="make-subject", unit="%")
+
+    def progress(stage: str, frac: float) -> None:
+        bar.set_postfix_str(stage)
+        bar.n = int(round(100 * frac))
+        bar.refresh()
+
+    try:
+        subject = make_subject(args.videos, args.out, audios=args.audio, variants=variants, neural=args.neural,
+                               preset=args.preset, backend=args.backend, seed=args.seed, name=args.name,
+                               neural_steps=args.neural_steps, neural_size=args.neural_size, progress=progress)
+    finally:
+        bar.close()
+    log.info("subject %s ready in %s: clips %s, variants %s", subject.name, subject.directory,
+             list(subject.manifest.clips), list(subject.manifest.variants))
+    return 0
