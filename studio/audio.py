@@ -114,3 +114,21 @@ def frame_energy(signal: np.ndarray, n_video_frames: int, fps: float,
         seg = x[int(round(t * spf)): int(round((t + 1) * spf))]
         out[t] = float(np.sqrt(np.mean(seg**2))) if seg.size else 0.0
     return out
+
+
+def benchmark(seconds: float = 300.0, repeats: int = 5) -> dict[str, float]:
+    """Time :func:`logfbank` (and the reference) on ``seconds`` of noise: median seconds."""
+    import time
+
+    from python_speech_features import logfbank as reference
+
+    x = (np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)) * 0.1).astype(np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        logfbank(x)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    reference(x, SAMPLE_RATE)
+    ref = time.perf_counter() - t0
+    return {"audio_seconds": seconds, "logfbank_median_s": float(np.median(times)), "reference_s": ref}

@@ -1,0 +1,165 @@
+"""``python -m studio bench --out REPORT.json``: speed and memory of every stage, one report.
+
+Runs in one process (the end-to-end dub in a child process, so that its peak memory is its own):
+feature extraction, media decode/encode, landmark preprocessing fps, mapping inference (cascade vs
+LSTM vs BiLSTM on 5 minutes of audio), renderer fps (retrieval; neural at 256 and 720), end-to-end
+dub real-time factor and peak memory; GPU figures when CUDA is present. Writes REPORT.json and a
+markdown table beside it (REPORT.md).
+
+Benchmarks read real footage from the shared test material (``--shared``, default
+``$STUDIO_SHARED`` or ``../shared`` beside the repository); stages whose inputs are missing are
+reported as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from studio.config import REPO_ROOT
+from studio.fsutil import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def _stage(name: str, fn: Callable[[], dict], report: dict[str, Any]) -> None:
+    log.info("bench: %s ...", name)
+    t0 = time.perf_counter()
+    try:
+        result = fn()
+        result["wall_s"] = round(time.perf_counter() - t0, 3)
+        report["stages"][name] = result
+    except Exception as exc:  # a benchmark reports a failing stage, it does not stop the others
+        log.warning("bench: %s failed: %s", name, exc)
+        report["stages"][name] = {"error": f"{type(exc).__name__}: {exc}",
+                                  "trace": traceback.format_exc(limit=3)}
+
+
+def dub_child(subject: Path, speech: Path, template: Path | None, out: Path, renderer: str = "retrieval") -> dict:
+    """Run ``studio dub`` in a child process: wall seconds and the child's peak memory (MB)."""
+    cmd = [sys.executable, "-m", "studio", "dub", "--subject", str(subject), "--speech", str(speech),
+           "--out", str(out), "--renderer", renderer]
+    if template is not None:
+        cmd += ["--template", str(template)]
+    before = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"dub failed ({proc.returncode}): {proc.stderr[-800:]}")
+    from studio import media
+
+    info = media.probe_video(out)
+    speech_s = len(media.read_audio(speech)) / 16_000
+    peak = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+    return {"speech_seconds": round(speech_s, 2), "wall_s": round(wall, 2), "realtime_factor": round(wall / speech_s, 3),
+            "frames": info.frames, "fps": info.fps, "size": f"{info.width}x{info.height}",
+            "peak_rss_mb": round(peak, 1) if peak > before else None}
+
+
+def run(out: Path, shared: Path, subject: Path | None, quick: bool = False) -> dict[str, Any]:
+    import torch
+
+    from studio import audio, media
+
+    video = shared / "media" / "video" / "obama_weekly_address.mp4"
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "stages": {},
+    }
+    _stage("audio_features", lambda: audio.benchmark(300.0), report)
+    _stage("media", lambda: media.benchmark(video if video.exists() else None), report)
+
+    def preprocess_stage() -> dict:
+        from studio.data.preprocess import benchmark
+
+        return benchmark(video, max_frames=300 if quick else None)
+
+    _stage("preprocess", preprocess_stage, report)
+
+    def mapping_stage() -> dict:
+        from studio.train.evaluate import benchmark
+
+        return benchmark()
+
+    _stage("mapping_inference", mapping_stage, report)
+
+    def retrieval_stage() -> dict:
+        from studio.render.retrieval import benchmark
+
+        return benchmark(size=720)
+
+    _stage("retrieval_renderer", retrieval_stage, report)
+
+    def neural_stage() -> dict:
+        from studio.render.neural import benchmark
+
+        return benchmark(sizes=(256, 720))
+
+    _stage("neural_renderer", neural_stage, report)
+
+    if subject is not None:
+        speech_dir = shared / "media" / "speech"
+        with tempfile.TemporaryDirectory() as tmp:
+            _stage("dub_12s_720p", lambda: dub_child(subject, speech_dir / "macron_48k_stereo.wav",
+                                                      video if video.exists() else None, Path(tmp) / "a.mp4"),
+                   report)
+            if not quick:
+                _stage("dub_60s_720p", lambda: dub_child(subject, speech_dir / "english_60s_16k.wav",
+                                                          video if video.exists() else None, Path(tmp) / "b.mp4"),
+                       report)
+    report["peak_rss_mb_bench_process"] = round(_peak_rss_mb(), 1)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json_atomic(out, report)
+    out.with_suffix(".md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A readable table of every number in the report."""
+    lines = ["# Lip Sync Studio benchmark", "",
+             f"Machine: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']} "
+             f"({report['machine']['torch_threads']} threads), CUDA: {report['machine']['cuda'] or 'none'}; "
+             f"{report['started']}", "", "| stage | measure | value |", "|---|---|---|"]
+    for stage, values in report["stages"].items():
+        for key, value in values.items():
+            if key == "trace":
+                continue
+            if isinstance(value, float):
+                value = f"{value:.4g}"
+            lines.append(f"| {stage} | {key} | {value} |")
+    lines.append(f"| process | peak RSS (MB) | {report.get('peak_rss_mb_bench_process')} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="bench.json", help="report path (.json; a .md table is written beside it)")
+    default_shared = os.environ.get("STUDIO_SHARED", str(REPO_ROOT.parent / "shared"))
+    parser.add_argument("--shared", default=default_shared, help="shared test material (footage, speech)")
+    parser.add_argument("--subject", default=None,
+                        help="subject folder for the end-to-end dub (built from the Obama clips)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
+
+
+def cli(args: argparse.Namespace) -> int:
+    report = run(Path(args.out), Path(args.shared), Path(args.subject) if args.subject else None, quick=args.quick)
+    failed = [k for k, v in report["stages"].items() if "error" in v]
+    sys.stdout.write(markdown(report))  # the report is this command's output
+    return 1 if failed else 0
