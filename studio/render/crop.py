@@ -4,8 +4,8 @@ A :class:`CropTrack` holds, per frame, the crop's centre (x, y) and side length 
 They come from the STABLE landmarks (brows, eyes, nose: they do not move with speech), so an
 opening jaw does not shake the crop:
 
-- side   = ``cfg.side_scale`` x face scale (RMS radius of the stable points; about 5 covers the
-  whole face with forehead and chin, as in the paper's 720x720 face crops)
+- side   = ``cfg.side_scale`` x face scale (RMS radius of the stable points; the default 5.5
+  keeps brows to chin inside with ~8% margin on real footage, like the paper's 720x720 crops)
 - centre = mean of the stable points + ``cfg.down_offset`` x face scale along the face's "down"
   direction (perpendicular to the eye line, so it follows head roll)
 
@@ -38,8 +38,8 @@ SIZES = (256, 512, 720)  # the render sizes the project uses (paper: 720)
 
 @dataclass(frozen=True)
 class CropConfig:
-    side_scale: float = 5.0  # crop side / face scale
-    down_offset: float = 1.0  # centre shift from the stable-point mean towards the chin, in face scales
+    side_scale: float = 5.5  # crop side / face scale
+    down_offset: float = 1.2  # centre shift from the stable-point mean towards the chin, in face scales
     centre_window: int = 9  # Savitzky-Golay window (frames, odd) for the centre
     side_window: int = 31  # ... and for the side (the face size changes slowly)
     polyorder: int = 2
