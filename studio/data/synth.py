@@ -199,16 +199,12 @@ def procedural_speech(seconds: float, seed: int, sample_rate: int = SAMPLE_RATE)
         return np.zeros(0, np.float32)
     f0_base = rng.uniform(95, 210)
     tract = rng.uniform(0.9, 1.15)  # shorter tract -> higher formants
-    t = np.arange(n) / sr
-    # pitch: slow wander + per-phrase declination (filled in below)
-    wander = 1 + 0.06 * np.sin(2 * np.pi * rng.uniform(0.3, 0.9) * t + rng.uniform(0, 2 * np.pi))
-    decl = np.ones(n)
-    events: list[tuple[str, int, int, float, Any]] = []  # kind, start, stop, amplitude, params
+    wander_f, wander_ph = rng.uniform(0.3, 0.9), rng.uniform(0, 2 * np.pi)
+    events: list[tuple[str, int, int, float, Any, tuple[int, int]]] = []  # kind, start, stop, amp, param, phrase
     pos = int(rng.uniform(0.1, 0.4) * sr)
     while pos < n:
-        phrase_end = min(n, pos + int(rng.uniform(0.8, 3.0) * sr))
-        decl[pos:phrase_end] = np.linspace(1.12, 0.88, phrase_end - pos)
-        while pos < phrase_end:
+        phrase = (pos, min(n, pos + int(rng.uniform(0.8, 3.0) * sr)))
+        while pos < phrase[1]:
             syl = int(sr / rng.uniform(3.0, 6.0))
             stress = rng.uniform(0.45, 1.0)
             onset = rng.choice(["none", "plosive", "fricative", "nasal"], p=[0.3, 0.3, 0.25, 0.15])
@@ -216,51 +212,49 @@ def procedural_speech(seconds: float, seed: int, sample_rate: int = SAMPLE_RATE)
             if onset == "plosive":
                 cur += int(rng.uniform(0.03, 0.06) * sr)  # closure: silence
                 burst = int(rng.uniform(0.008, 0.02) * sr)
-                events.append(("burst", cur, cur + burst, 0.35 * stress, None))
+                events.append(("burst", cur, cur + burst, 0.35 * stress, None, phrase))
                 cur += burst
             elif onset == "fricative":
                 dur = int(rng.uniform(0.06, 0.12) * sr)
-                events.append(("fricative", cur, cur + dur, stress, int(rng.integers(len(_FRICATIVE_BANDS)))))
+                kind = int(rng.integers(len(_FRICATIVE_BANDS)))
+                events.append(("fricative", cur, cur + dur, stress, kind, phrase))
                 cur += dur
             elif onset == "nasal":
                 dur = int(rng.uniform(0.05, 0.08) * sr)
-                events.append(("nasal", cur, cur + dur, 0.3 * stress, None))
+                events.append(("nasal", cur, cur + dur, 0.3 * stress, None, phrase))
                 cur += dur
             stop = max(cur + int(0.06 * sr), pos + syl)
-            events.append(("vowel", cur, stop, stress, int(rng.integers(len(_VOWELS)))))
+            events.append(("vowel", cur, stop, stress, int(rng.integers(len(_VOWELS))), phrase))
             pos = stop
         pos += int(rng.uniform(0.15, 0.7) * sr)
-    f0 = f0_base * wander * decl
-    # Glottal source: one pulse per period, shaped by a -12 dB/octave glottal low-pass and a
-    # +6 dB/octave lip radiation (first difference), plus a little aspiration noise.
-    phase = np.cumsum(f0 / sr)
-    pulses = np.diff(np.floor(phase), prepend=0.0)
-    r = 0.97
-    glottal = scipy.signal.lfilter([1.0], [1.0, -2 * r, r * r], pulses)
-    glottal = np.diff(glottal, prepend=0.0)
-    glottal /= np.max(np.abs(glottal)) + 1e-12
-    glottal += 0.02 * rng.standard_normal(n)
-    noise = rng.standard_normal(n)
 
-    out = np.zeros(n + sr // 10)
+    r = 0.97
     fade = int(0.012 * sr)
     fric_sos = [scipy.signal.butter(4, (lo, min(hi, 0.45 * sr)), btype="bandpass", fs=sr, output="sos")
                 for lo, hi, _ in _FRICATIVE_BANDS]
     nasal_sos = _formant_sos(np.array([250.0, 2200.0]), (100.0, 300.0), sr)
-    for kind, a, b, amp, param in events:
+    out = np.zeros(n)
+    for kind, a, b, amp, param, (p0, p1) in events:
         a, b = min(a, n), min(b, n)
-        if b - a < 8:
-            continue
-        if kind == "vowel":
-            formants = _VOWELS[param] * tract
-            seg = scipy.signal.sosfilt(_formant_sos(formants, _FORMANT_BW, sr), glottal[a:b])
-        elif kind == "nasal":
-            seg = scipy.signal.sosfilt(nasal_sos, glottal[a:b])
-        elif kind == "fricative":
-            seg = scipy.signal.sosfilt(fric_sos[param], noise[a:b]) * _FRICATIVE_BANDS[param][2] * 8
-        else:  # burst
-            seg = noise[a:b] * 0.5
         m = b - a
+        if m < 8:
+            continue
+        if kind in ("vowel", "nasal"):
+            # Glottal source: one pulse per period of f0 (per-seed base, phrase declination,
+            # slow wander), a -12 dB/octave glottal low-pass, +6 dB/octave lip radiation
+            # (first difference), a little aspiration noise.
+            idx = np.arange(a, b)
+            f0 = f0_base * (1.12 - 0.24 * (idx - p0) / max(p1 - p0, 1))
+            f0 *= 1 + 0.06 * np.sin(2 * np.pi * wander_f * idx / sr + wander_ph)
+            pulses = np.diff(np.floor(np.cumsum(f0 / sr)), prepend=0.0)
+            source = np.diff(scipy.signal.lfilter([1.0], [1.0, -2 * r, r * r], pulses), prepend=0.0)
+            source = source / (np.abs(source).max() + 1e-12) + 0.02 * rng.standard_normal(m)
+            sos = nasal_sos if kind == "nasal" else _formant_sos(_VOWELS[param] * tract, _FORMANT_BW, sr)
+            seg = scipy.signal.sosfilt(sos, source)
+        elif kind == "fricative":
+            seg = scipy.signal.sosfilt(fric_sos[param], rng.standard_normal(m)) * _FRICATIVE_BANDS[param][2] * 8
+        else:  # burst
+            seg = 0.5 * rng.standard_normal(m)
         env = np.ones(m)
         k = min(fade, m // 2)
         env[:k] = np.linspace(0, 1, k)
@@ -269,9 +263,8 @@ def procedural_speech(seconds: float, seed: int, sample_rate: int = SAMPLE_RATE)
             env *= np.linspace(1.0, 0.55, m) ** 0.7
         seg = seg / (np.sqrt(np.mean(seg**2)) + 1e-9) * 0.1 * amp
         out[a:b] += seg * env
-    out = out[:n]
-    out /= np.max(np.abs(out)) + 1e-9
-    out = 0.6 * out + 3e-4 * _rng(seed, _STREAM_SPEECH + 100).standard_normal(n)  # room noise floor
+    out *= 0.6 / (np.max(np.abs(out)) + 1e-9)
+    out += 3e-4 * _rng(seed, _STREAM_SPEECH + 100).standard_normal(n)  # room noise floor
     return np.clip(out, -1, 1).astype(np.float32)
 
 
@@ -470,7 +463,7 @@ def articulate(shape: np.ndarray, params: np.ndarray, cfg: SynthConfig = SynthCo
     moving = np.flatnonzero(weights)
     rel = pts[:, moving] - _HINGE
     rot = _rot_x(theta[:, None] * weights[moving][None, :])  # (T, M, 3, 3)
-    pts[:, moving] = _HINGE + np.einsum("tmij,tmj->tmi", rot, rel)
+    pts[:, moving] = _HINGE + (rot @ rel[..., None])[..., 0]
     return pts
 
 
@@ -537,9 +530,15 @@ def rotation_matrices(angles: np.ndarray) -> np.ndarray:
     return rz @ rx @ ry
 
 
+def _rotate(points: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """(T, N, 3) points, (T, 3, 3) rotations -> (T, N, 3) ``rot[t] @ points[t, n]``."""
+    r = rot[:, None]
+    return points[..., 0:1] * r[..., 0] + points[..., 1:2] * r[..., 1] + points[..., 2:3] * r[..., 2]
+
+
 def to_camera(points: np.ndarray, rot: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """Head mm (T, N, 3) -> camera mm (T, N, 3): rotate about the pivot, then translate."""
-    return np.einsum("tij,tnj->tni", rot, points - _PIVOT) + translation[:, None, :]
+    return _rotate(points - _PIVOT, rot) + translation[:, None, :]
 
 
 def project(cam: np.ndarray, focal: float, cx: float, cy: float) -> np.ndarray:
@@ -549,7 +548,7 @@ def project(cam: np.ndarray, focal: float, cx: float, cy: float) -> np.ndarray:
 
 
 def contour_silhouette(head_pts: np.ndarray, rot: np.ndarray, translation: np.ndarray,
-                       n_steps: int = 24) -> tuple[np.ndarray, np.ndarray]:
+                       n_steps: int = 12) -> tuple[np.ndarray, np.ndarray]:
     """Where a 2D detector puts the jaw-contour points 0-16: on the visible outline.
 
     Each contour point is taken as the widest point of an elliptic horizontal cross-section of the
@@ -577,7 +576,7 @@ def contour_silhouette(head_pts: np.ndarray, rot: np.ndarray, translation: np.nd
     ], axis=-1)
     t, k = c.shape[0], phi.size
     cand_cam = to_camera(cand.reshape(t, -1, 3), rot, translation).reshape(t, 17, k, 3)
-    normal_cam = np.einsum("tij,tnkj->tnki", rot, normal)
+    normal_cam = _rotate(normal.reshape(t, -1, 3), rot).reshape(t, 17, k, 3)
     facing = (normal_cam * cand_cam).sum(-1)  # > 0: faces away from the camera
     # Near the chin (|x| < 25 mm) the contour is the jaw's lower edge, visible from any yaw here.
     hidden = (facing[..., 0] > 0) & (a > 25.0)
