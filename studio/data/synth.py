@@ -54,7 +54,8 @@ One clip (``synthesize``) is made of, in order:
    occasional larger errors (a region shifted by ~``outlier_size`` x face size for 1-6 frames).
    Face size = sqrt(area of the true landmarks' bounding box).
 7. **Pose**: estimated from the observed landmarks with ``studio.face.pose.head_pose`` and
-   smoothed with ``smooth_pose`` as preprocessing does, so it is what a real run would have; the true pose, articulation and noise-free visible points are in ``synth_truth.npz``
+   smoothed with ``smooth_pose`` as preprocessing does, so it is what a real run would have;
+   the true pose, articulation and noise-free visible points are in ``synth_truth.npz``
    (:func:`load_truth`).
 8. **Video** (optional): frames drawn from the noise-free visible points (face, neck, eyes, brows,
    nose, lips, mouth interior; the far side shaded) into ``video.mp4`` with the speech as audio.
