@@ -87,6 +87,13 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False) -> d
     _stage("audio_features", lambda: audio.benchmark(300.0), report)
     _stage("media", lambda: media.benchmark(video if video.exists() else None), report)
 
+    def synth_stage() -> dict:
+        from studio.data.synth import benchmark
+
+        return benchmark(60.0)
+
+    _stage("synth_60s", synth_stage, report)
+
     def preprocess_stage() -> dict:
         from studio.data.preprocess import benchmark
 
