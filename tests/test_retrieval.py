@@ -1,0 +1,185 @@
+"""Retrieval renderer: picking, warping, blending, pool I/O, reconstruction floors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from render_faces import face_image, face_points
+from studio.errors import CheckpointError, InputError
+from studio.face import layout
+from studio.render.retrieval import (RetrievalConfig, RetrievalPool, RetrievalRenderer,
+                                     evaluate_reconstruction, piecewise_affine_maps,
+                                     reconstruction_scores, viterbi_picks)
+
+SMALL = RetrievalConfig(min_pool_frames=10)
+
+
+def _footage(n: int = 60, size: int = 256, seed: int = 0):
+    """A smooth 'talking' sequence: opening follows a slow random walk, head drifts a little."""
+    rng = np.random.default_rng(seed)
+    opening = np.clip(0.5 + 0.5 * np.sin(np.arange(n) / 3.0 + rng.uniform(0, 6)), 0, 1)
+    s = size / 256
+    pts = np.stack([face_points((128 + 3 * np.sin(i / 7)) * s, 118 * s, 40 * s, opening=o)
+                    for i, o in enumerate(opening)])
+    crops = np.stack([face_image(p, size, size, seed=1) for p in pts])
+    return crops, pts, opening
+
+
+@pytest.fixture(scope="module")
+def footage():
+    return _footage()
+
+
+@pytest.fixture(scope="module")
+def pool(footage):
+    crops, pts, _ = footage
+    return RetrievalPool.from_crops(list(crops), pts, cfg=SMALL)
+
+
+def test_too_little_footage_is_a_clear_error(footage):
+    crops, pts, _ = footage
+    with pytest.raises(InputError) as err:
+        RetrievalPool.from_crops(list(crops[:5]), pts[:5], cfg=RetrievalConfig(min_pool_frames=50))
+    assert "footage" in err.value.message and err.value.hint
+
+
+def test_pick_finds_matching_mouth(pool, footage):
+    _, _, opening = footage
+    r = RetrievalRenderer(pool)
+    tpl = face_points(opening=0.0)
+    for want in (0.05, 0.5, 0.95):
+        talk = layout.talking_vector(face_points(opening=want))
+        j = r.pick(tpl[None], talk[None])[0]
+        assert abs(opening[j] - want) < 0.15, (want, opening[j])
+
+
+def test_viterbi_prefers_continuing_footage():
+    cand = np.array([[0, 10], [1, 20], [2, 30], [3, 40]])
+    succ = np.arange(1, 51)
+    succ[-1] = -1
+    flat = np.zeros((4, 2))
+    np.testing.assert_array_equal(viterbi_picks(cand, flat, succ, 1.0), [0, 1, 2, 3])
+    # a much better unary cost wins over continuity
+    cost = flat.copy()
+    cost[2] = [5.0, 0.0]
+    assert viterbi_picks(cand, cost, succ, 1.0)[2] == 30
+    assert viterbi_picks(cand, cost, succ, 20.0)[2] == 2
+
+
+def test_temporal_term_reduces_jumps(pool, footage):
+    crops, pts, _ = footage
+    rng = np.random.default_rng(3)
+    talk = layout.talking_vector(pts) + rng.normal(0, 0.8, (len(pts), 58)).astype(np.float32)
+    jumps = {}
+    for cost in (0.0, 4.0):
+        r = RetrievalRenderer(pool, RetrievalConfig(min_pool_frames=10, jump_cost=cost))
+        picks = r.pick(pts, talk, exclude=np.stack([np.arange(60) - 5, np.arange(60) + 6], 1))
+        jumps[cost] = int((np.diff(picks) != 1).sum())
+    assert jumps[4.0] < jumps[0.0]
+
+
+def test_exclusion_is_respected(pool, footage):
+    _, pts, _ = footage
+    r = RetrievalRenderer(pool)
+    talk = layout.talking_vector(pts)
+    ex = np.stack([np.arange(60) - 5, np.arange(60) + 6], 1)
+    picks = r.pick(pts, talk, exclude=ex)
+    assert (np.abs(picks - np.arange(60)) > 5).all()
+    assert (r.pick(pts, talk) == np.arange(60)).mean() > 0.8, "without exclusion a frame finds itself"
+
+
+def test_piecewise_affine_identity_and_affine():
+    rng = np.random.default_rng(0)
+    dst = np.concatenate([rng.uniform(20, 80, (15, 2)), [[0, 0], [100, 0], [0, 100], [100, 100]]])
+    box = (0, 0, 100, 100)
+    mx, my, inside = piecewise_affine_maps(dst, dst, box)
+    assert inside[5:95, 5:95].all()
+    xs, ys = np.meshgrid(np.arange(100), np.arange(100))
+    np.testing.assert_allclose(mx[inside], xs[inside], atol=1e-3)
+    np.testing.assert_allclose(my[inside], ys[inside], atol=1e-3)
+    a = np.array([[1.2, 0.1, 5.0], [-0.2, 0.9, -3.0]])
+    src = dst @ a[:, :2].T + a[:, 2]
+    mx, my, inside = piecewise_affine_maps(dst, src, box)
+    np.testing.assert_allclose(mx[inside], (a[0, 0] * xs + a[0, 1] * ys + a[0, 2])[inside], atol=1e-2)
+    np.testing.assert_allclose(my[inside], (a[1, 0] * xs + a[1, 1] * ys + a[1, 2])[inside], atol=1e-2)
+
+
+def test_render_changes_only_the_lower_face(pool, footage):
+    crops, pts, _ = footage
+    r = RetrievalRenderer(pool)
+    talk = layout.talking_vector(face_points(opening=1.0))
+    tpl_pts = face_points(opening=0.0)
+    tpl = face_image(tpl_pts)
+    out = r.render_frame(tpl, tpl_pts, talk, int(r.pick(tpl_pts[None], talk[None])[0]))
+    assert out.image.shape == tpl.shape and out.image.dtype == np.uint8
+    still = out.mask == 0
+    np.testing.assert_array_equal(out.image[still], tpl[still])
+    assert (out.mask > 0.99).sum() > 500
+    # eyes and brows are untouched; the mouth changed
+    assert still[: int(tpl_pts[36:48, 1].max()) + 2].all()
+    y0, y1 = int(talk[1::2][:20].min()), int(talk[1::2][:20].max())
+    assert np.abs(out.image[y0:y1].astype(int) - tpl[y0:y1]).mean() > 5
+
+
+def test_reconstruction_floor_synthetic(pool, footage):
+    crops, pts, _ = footage
+    test = np.arange(10, 50, 4)
+    score = evaluate_reconstruction(crops, pts, pool, test, radius=5, template_shift=7)
+    base = np.mean([reconstruction_scores(crops[i - 7], crops[i], pts[i])["mouth_psnr"] for i in test])
+    assert score["mouth_psnr"] > base + 3, (score, base)
+    assert score["mouth_psnr"] > 22 and score["mouth_ssim"] > 0.75
+
+
+def test_render_at_another_size(pool):
+    r = RetrievalRenderer(pool)
+    tp = face_points(256, 236, 80, opening=0.2)
+    tpl = face_image(tp, 512, 512)
+    talk = layout.talking_vector(face_points(256, 236, 80, opening=0.8))
+    out = r.render_frame(tpl, tp, talk, 10)
+    assert out.image.shape == (512, 512, 3) and out.mask.shape == (512, 512)
+    assert out.mask.max() == pytest.approx(1.0, abs=0.01)
+
+
+def test_sequence_api_and_seamless(pool, footage):
+    crops, pts, _ = footage
+    talk = layout.talking_vector(pts[::-1][:8])
+    outs = list(RetrievalRenderer(pool).render(list(crops[:8]), pts[:8], talk))
+    assert len(outs) == 8 and all(o.image.shape == (256, 256, 3) for o in outs)
+    r = RetrievalRenderer(pool, RetrievalConfig(min_pool_frames=10, seamless=True))
+    o = r.render_frame(crops[0], pts[0], talk[0], 30)
+    assert o.image.shape == (256, 256, 3)
+
+
+def test_pool_save_load_roundtrip(pool, tmp_path):
+    pool.save(tmp_path / "pool")
+    back = RetrievalPool.load(tmp_path / "pool")
+    assert len(back) == len(pool) and back.size == pool.size
+    np.testing.assert_allclose(back.features(), pool.features(), atol=1e-5)
+    np.testing.assert_array_equal(back.patch(7), pool.patch(7))
+    r = RetrievalRenderer.load(tmp_path / "pool")
+    assert len(r.pool) == len(pool)
+
+
+def test_pool_load_errors(pool, tmp_path):
+    with pytest.raises(CheckpointError):
+        RetrievalPool.load(tmp_path / "missing")
+    d = pool.save(tmp_path / "pool")
+    meta = json.loads((d / "pool.json").read_text())
+    meta["frames"] += 1
+    (d / "pool.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError):
+        RetrievalPool.load(d)
+    pool.save(d)
+    (d / "pool.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError):
+        RetrievalPool.load(d)
+
+
+def test_benchmark_returns_numbers():
+    from studio.render.retrieval import benchmark
+
+    out = benchmark(size=128, frames=3, pool_frames=12)
+    assert out["retrieval_fps"] > 0 and out["retrieval_size"] == 128
