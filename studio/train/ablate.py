@@ -1,0 +1,195 @@
+"""The paper's Table 1: ``python -m studio ablate CLIP_DIR... --seeds N --out DIR``.
+
+Trains and evaluates all seven models (no-pose, g1-pose, g2-pose, ours, no-cheek, lstm,
+bilstm) with N seeds each, all on the same split, and writes
+
+    DIR/runs.csv      one row per (variant, seed): every metric of ``studio.train.evaluate``
+    DIR/table.csv     one row per variant: mean and standard deviation over seeds
+    DIR/table.md      the paper's Table 1 layout (mean ± std), plus pixel and jitter rows
+    DIR/figure.html   plotly bar charts with error bars (std over seeds)
+    DIR/models/V/seedS/  the checkpoints (a re-run skips the finished ones and resumes the rest)
+
+Split: with ``--test CLIP_DIR...`` the models train on all of the CLIP_DIRs and are tested on the
+held-out test clips; otherwise each clip's first (1 - test_fraction) of time trains (its last
+20% of that is the early-stopping validation block) and the rest tests. Standard deviations are
+sample standard deviations (ddof=1) over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from studio.data.clip import Clip
+from studio.errors import InputError
+from studio.fsutil import atomic_path
+from studio.models import VARIANTS
+
+log = logging.getLogger(__name__)
+
+TABLE_ORDER = ("no-pose", "g1-pose", "g2-pose", "ours", "no-cheek", "lstm", "bilstm")
+LABELS = {"no-pose": "No pose", "g1-pose": "G1 pose", "g2-pose": "G2 pose", "ours": "Ours",
+          "no-cheek": "No cheek", "lstm": "LSTM", "bilstm": "BiLSTM"}
+METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "inference_seconds_5min", "mouth_rmse_px",
+           "jaw_rmse_px", "velocity_rmse_px", "epochs")
+# rows of table.md: (metric, label, scaled as an MSE)
+ROWS = (("mouth_mse", "Mouth MSE", True), ("jaw_mse", "Jaw MSE", True),
+        ("train_seconds", "Train (s)", False), ("inference_seconds_5min", "Infer 5 min (s)", False),
+        ("mouth_rmse_px", "Mouth RMSE (px @720)", False), ("jaw_rmse_px", "Jaw RMSE (px @720)", False),
+        ("velocity_rmse_px", "Velocity error (px/frame @720)", False))
+
+
+def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 3, preset: str = "cpu", *,
+           test_clips: Sequence[Clip] | None = None, test_fraction: float = 0.2,
+           variants: Sequence[str] = TABLE_ORDER, progress: bool = False, timing: bool = True,
+           **train_overrides: Any):
+    """Train + evaluate ``variants`` x ``seeds``; write the tables and figure; return table (DataFrame)."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from studio.train.evaluate import evaluate
+    from studio.train.mapping import train_mapping
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(f"Unknown variant(s) {unknown}.", f"Use some of: {', '.join(VARIANTS)}.")
+    if seeds < 1:
+        raise InputError("--seeds must be at least 1.", "Use e.g. --seeds 3.")
+    if test_clips:
+        train_span, test_span, tests = (0.0, 1.0), (0.0, 1.0), list(test_clips)
+    else:
+        if not 0.0 < test_fraction < 1.0:
+            raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}.", "Use e.g. 0.2.")
+        train_span, test_span, tests = (0.0, 1.0 - test_fraction), (1.0 - test_fraction, 1.0), list(clips)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    jobs = [(v, s) for v in variants for s in range(seeds)]
+    for variant, seed in tqdm(jobs, desc="ablation", unit="model", disable=not progress):
+        ckpt = train_mapping(clips, variant, out / "models" / variant / f"seed{seed}", preset, seed,
+                             span=train_span, progress=progress, **train_overrides)
+        result = evaluate(ckpt, tests, test_span, timing=timing)
+        log.info("%s seed %d: mouth %.4g jaw %s train %.0f s", variant, seed, result["mouth_mse"],
+                 result["jaw_mse"], result["train_seconds"])
+        rows.append({"variant": variant, **{k: result.get(k) for k in ("seed", *METRICS, "frames", "target")}})
+        _write_csv(out / "runs.csv", pd.DataFrame(rows))
+    runs = pd.DataFrame(rows)
+    table = aggregate(runs)
+    _write_csv(out / "table.csv", table)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(markdown_table(table, seeds=seeds, split=_split_text(test_clips, test_fraction)))
+    with atomic_path(out / "figure.html") as tmp:
+        figure(table).write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
+    return table
+
+
+def aggregate(runs) -> "Any":
+    """runs (one row per variant x seed) -> one row per variant with <metric>_mean / _std."""
+    import pandas as pd
+
+    out = []
+    for variant in [v for v in TABLE_ORDER if v in set(runs["variant"])]:
+        sub = runs[runs["variant"] == variant]
+        row: dict[str, Any] = {"variant": variant, "label": LABELS[variant], "seeds": len(sub)}
+        for m in METRICS:
+            vals = pd.to_numeric(sub[m], errors="coerce").dropna().to_numpy(float) if m in sub else np.zeros(0)
+            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else None
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else None)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _exponent(values: list[float]) -> int:
+    vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return int(math.floor(math.log10(min(vals)))) if vals else 0
+
+
+def markdown_table(table, seeds: int | None = None, split: str = "") -> str:
+    """The paper's Table 1 layout: one column per model, mean ± std per row."""
+    cols = list(table["variant"])
+    lines = ["| | " + " | ".join(LABELS[c] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    recs = {r["variant"]: r for r in table.to_dict("records")}
+    for metric, label, is_mse in ROWS:
+        e = _exponent([recs[c][f"{metric}_mean"] for c in cols]) if is_mse else 0
+        head = f"{label} (10^{e})" if is_mse else label
+        cells = []
+        for c in cols:
+            mean, std = recs[c][f"{metric}_mean"], recs[c][f"{metric}_std"]
+            if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+                cells.append("n/a")
+            else:
+                f = 10.0 ** -e
+                digits = 3 if is_mse else (3 if abs(mean) < 1 else 2)
+                cells.append(f"{mean * f:.{digits}f} ± {std * f:.{digits}f}")
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        f"Mean ± sample std over {seeds if seeds is not None else 'the'} seeds. {split}".rstrip(),
+        "MSE: normalized coordinates (nose-centred, divided by the face scale = RMS radius of the stable "
+        "brow/eye/nose points), mean over frames and x/y coordinates; Mouth = 20 mouth points, Jaw = 9 jaw "
+        "points. px @720: point RMSE in a 720x720 crop where the face scale is 100 px. Train: wall seconds "
+        "to early stop on this CPU. Infer: one pass over 5 min (7,500 frames). LSTM/BiLSTM predict the "
+        "mouth only (jaw n/a).",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def figure(table):
+    """Plotly figure: bars with error bars (std over seeds) for the four Table 1 rows."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = (("mouth_mse", "Mouth MSE"), ("jaw_mse", "Jaw MSE"), ("train_seconds", "Training time (s)"),
+              ("inference_seconds_5min", "Inference, 5 min audio (s)"))
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels])
+    for i, (metric, title) in enumerate(panels):
+        sub = table[table[f"{metric}_mean"].notna()]
+        fig.add_trace(go.Bar(x=list(sub["label"]), y=list(sub[f"{metric}_mean"]), name=title,
+                             error_y={"type": "data", "array": list(sub[f"{metric}_std"]), "visible": True},
+                             showlegend=False), row=i // 2 + 1, col=i % 2 + 1)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(type="log", row=2, col=2)
+    fig.update_layout(title="Ablation (paper's Table 1): mean ± std over seeds", height=800, width=1100)
+    return fig
+
+
+def _split_text(test_clips, test_fraction: float) -> str:
+    if test_clips:
+        return f"Trained on the training clips, tested on {len(test_clips)} held-out clip(s)."
+    return (f"Trained on the first {1 - test_fraction:.0%} of each clip's time, "
+            f"tested on the last {test_fraction:.0%}.")
+
+
+def _write_csv(path: Path, df) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("clips", nargs="+", help="training clip folders (one subject)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--test", nargs="+", default=None, metavar="CLIP_DIR",
+                        help="held-out test clips (default: the last --test-fraction of each clip)")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--variants", nargs="+", default=list(TABLE_ORDER), choices=VARIANTS)
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's max_epochs")
+
+
+def cli(args) -> int:
+    from studio.train.mapping import load_clips
+
+    table = ablate(load_clips(args.clips), args.out, args.seeds, args.preset,
+                   test_clips=load_clips(args.test) if args.test else None, test_fraction=args.test_fraction,
+                   variants=args.variants, progress=True, max_epochs=args.max_epochs)
+    print(json.dumps({"out": args.out, "variants": list(table["variant"]),
+                      "mouth_mse": dict(zip(table["variant"], table["mouth_mse_mean"]))}))
+    return 0

@@ -1,0 +1,191 @@
+"""Evaluate a mapping checkpoint on clips: ``python -m studio evaluate CKPT_DIR CLIP_DIR...``.
+
+The last line printed is one JSON object. Units:
+
+- ``mouth_mse`` / ``jaw_mse``: mean over frames and over the x and y coordinates of the 20 mouth
+  points (40 numbers) / the 9 jaw points (18 numbers) of the squared error, in NORMALIZED
+  coordinates: points relative to the nose centre (mean of the 9 nose points) divided by the
+  face scale (RMS distance of the 36 stable brow/eye/nose points from their mean; see
+  ``studio.face.normalize``). Rotation is kept, as in the paper. The paper's own normalization
+  is not stated precisely, so its 10^-6 / 10^-5 values are not directly comparable.
+- ``*_rmse_px``: root mean squared point-to-point (Euclidean) distance, in pixels of a 720x720
+  face crop in which the face scale is ``FACE_SCALE_PX`` = 100 px (so the jaw contour, about 3.8
+  face scales wide, spans about half the crop). rmse_px = sqrt(2 * mse) * 100.
+- ``velocity_rmse`` (jitter): RMS over frame pairs and coordinates of the difference between
+  the predicted and the true frame-to-frame motion, normalized units; ``velocity_rmse_px`` is
+  the same per point in crop pixels per frame.
+- ``train_seconds`` from the checkpoint; ``inference_seconds_5min``: median wall time of one
+  ``predict`` over 7,500 frames (5 minutes at 25 fps) on this machine.
+
+Targets: synthetic clips are compared with their noise-free ``gt_landmarks`` (normalized with
+the clip's own nose centre and face scale, as the inputs are); real clips with their detected
+landmarks. Frames without a valid face are left out. Baselines predict no jaw: ``jaw_mse`` is
+null for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from studio.data.clip import Clip
+from studio.face import layout
+from studio.train.checkpoint import MappingModel
+from studio.train.windows import ClipArrays, clip_arrays
+
+log = logging.getLogger(__name__)
+
+CROP_SIZE = 720
+FACE_SCALE_PX = 100.0  # face scale in pixels of the 720x720 evaluation crop
+FIVE_MINUTES_FRAMES = 7500  # 5 min at 25 fps
+
+
+def error_sums(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Sums of squared errors of (T, 58) predictions for aggregation over clips.
+
+    mask (T,) bool: frames to score. Velocity terms use pairs of consecutive scored frames.
+    """
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    assert pred.shape == target.shape and pred.shape[-1] == layout.TALK_DIM, (pred.shape, target.shape)
+    mask = np.ones(len(pred), bool) if mask is None else np.asarray(mask, bool)
+    err = pred - target
+    sq = err[mask] ** 2
+    pair = mask[1:] & mask[:-1]
+    dv = (err[1:] - err[:-1])[pair] ** 2
+    return {
+        "frames": float(mask.sum()), "pairs": float(pair.sum()),
+        "mouth_se": float(sq[:, layout.TALK_MOUTH].sum()), "jaw_se": float(sq[:, layout.TALK_JAW].sum()),
+        "vel_mouth_se": float(dv[:, layout.TALK_MOUTH].sum()), "vel_jaw_se": float(dv[:, layout.TALK_JAW].sum()),
+    }
+
+
+def summarize(sums: dict[str, float], predicts_jaw: bool = True) -> dict[str, Any]:
+    """Turn accumulated :func:`error_sums` into the reported metrics (see module docstring)."""
+    f, p = max(sums["frames"], 1.0), max(sums["pairs"], 1.0)
+    nm, nj = layout.MOUTH_DIM, layout.TALK_DIM - layout.MOUTH_DIM
+    mouth = sums["mouth_se"] / (f * nm)
+    jaw = sums["jaw_se"] / (f * nj)
+    if predicts_jaw:
+        vel = (sums["vel_mouth_se"] + sums["vel_jaw_se"]) / (p * (nm + nj))
+    else:
+        vel = sums["vel_mouth_se"] / (p * nm)
+
+    def px(mse: float) -> float:
+        return float(np.sqrt(2.0 * mse) * FACE_SCALE_PX)
+
+    return {
+        "frames": int(sums["frames"]),
+        "mouth_mse": mouth, "jaw_mse": jaw if predicts_jaw else None,
+        "mouth_rmse_px": px(mouth), "jaw_rmse_px": px(jaw) if predicts_jaw else None,
+        "velocity_rmse": float(np.sqrt(vel)), "velocity_rmse_px": px(vel),
+    }
+
+
+def inference_seconds(model: MappingModel, n_frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5) -> float:
+    """Median seconds of one ``model.predict`` over ``n_frames`` frames (after one warm-up)."""
+    rng = np.random.default_rng(0)
+    n = model.norm
+    audio = (n.audio_mean + n.audio_std * rng.standard_normal((4 * n_frames, 26))).astype(np.float32)
+    pose = (n.pose_mean + n.pose_std * rng.standard_normal((n_frames, 3))).astype(np.float32)
+    cheek = (n.cheek_mean + n.cheek_std * rng.standard_normal((n_frames, 16))).astype(np.float32)
+    model.predict(audio, pose, cheek)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.predict(audio, pose, cheek)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def evaluate_model(model: MappingModel, clips: Sequence[Clip | ClipArrays],
+                   span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Errors of ``model`` on the ``span`` of each clip (one predict per clip), pooled over frames."""
+    total: dict[str, float] = {}
+    targets = set()
+    for c in clips:
+        b = c if isinstance(c, ClipArrays) else clip_arrays(c, span)
+        if b.frames < 2:
+            continue
+        pred = model.predict(b.audio, b.pose, b.cheek)
+        target = b.gt_talk if b.gt_talk is not None else b.talk
+        targets.add("ground_truth" if b.gt_talk is not None else "detected")
+        mask = np.ones(b.frames, bool) if b.gt_talk is not None else b.valid
+        for k, v in error_sums(pred, target, mask).items():
+            total[k] = total.get(k, 0.0) + v
+    if not total:
+        from studio.errors import InputError
+
+        raise InputError("No frames to evaluate on.", "Give clips with at least two frames in the span.")
+    out = summarize(total, model.predicts_jaw)
+    out["target"] = "+".join(sorted(targets))
+    return out
+
+
+def evaluate(ckpt_dir: str | os.PathLike[str] | MappingModel, clips: Sequence[Clip | ClipArrays],
+             span: tuple[float, float] = (0.0, 1.0), timing: bool = True) -> dict[str, Any]:
+    """Load (if needed) and evaluate a checkpoint; adds variant, seed, training and inference time."""
+    model = ckpt_dir if isinstance(ckpt_dir, MappingModel) else MappingModel.load(ckpt_dir)
+    result = evaluate_model(model, clips, span)
+    cfg = model.config
+    result.update(
+        variant=model.variant, seed=cfg.get("seed"), checkpoint=str(model.directory),
+        train_seconds=cfg.get("result", {}).get("train_seconds"),
+        epochs=cfg.get("result", {}).get("epochs"),
+        inference_seconds_5min=inference_seconds(model) if timing else None,
+    )
+    return result
+
+
+def benchmark(frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5, preset: str = "cpu") -> dict[str, float]:
+    """Inference time of the cascade (ours), LSTM and BiLSTM on ``frames`` frames, median ms.
+
+    Untrained networks of the preset's sizes (speed does not depend on the weights), one pass
+    over the whole sequence under ``torch.inference_mode`` with the current thread settings.
+    """
+    import torch
+
+    from studio.models import build_model
+    from studio.train.mapping import settings_for
+
+    out: dict[str, float] = {"frames": float(frames), "threads": float(torch.get_num_threads())}
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(1, 4 * frames, 26, generator=g)
+    pose = torch.randn(1, frames, 3, generator=g)
+    cheek = torch.randn(1, frames, 16, generator=g)
+    for variant in ("ours", "lstm", "bilstm"):
+        torch.manual_seed(0)
+        net = build_model(settings_for(variant, preset).model).eval()
+        with torch.inference_mode():
+            net(audio, pose, cheek)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                net(audio, pose, cheek)
+                times.append(time.perf_counter() - t)
+        out[f"{variant}_ms"] = float(np.median(times) * 1000)
+    out["lstm_over_ours"] = out["lstm_ms"] / out["ours_ms"]
+    out["bilstm_over_ours"] = out["bilstm_ms"] / out["ours_ms"]
+    return out
+
+
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="mapping checkpoint folder (train-mapping --out)")
+    parser.add_argument("clips", nargs="+", help="clip folders to evaluate on")
+    parser.add_argument("--span", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                        help="evaluate on this fraction of each clip's time, e.g. 0.8 1 (default: all)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the 5-minute inference timing")
+
+
+def cli(args) -> int:
+    from studio.train.mapping import load_clips
+
+    result = evaluate(Path(args.checkpoint), load_clips(args.clips), tuple(args.span), timing=not args.no_timing)
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,484 @@
+"""Train an audio -> landmark mapping model (the cascade, a variant, or an RNN baseline).
+
+``python -m studio train-mapping CLIP_DIR... --variant V --out CKPT_DIR [--preset P] [--seed S]``
+
+Loss (the paper's Eq. 1-4), with ``lambda_pca`` = 0.05 and ``lambda_int`` = 0.6 by default::
+
+    L_all = L_L2 + lambda_pca * L_pca + lambda_int * L_int
+    L_L2  = |t - G2|^2        talking points (normalized coordinates)
+    L_pca = |m - G1|^2        13 PCA mouth coefficients
+    L_int = |(t_i - t_{i-1}) - (G2_i - G2_{i-1})|^2   consecutive-frame differences
+
+Each |.|^2 is the squared Frobenius norm of a window (frames x coordinates) divided by its number
+of frames and averaged over the batch: the paper's sums, up to the constant 1/64, so the
+lambdas weigh the terms exactly as in the paper. The baselines give no jaw, so for them the L2
+and L_int terms use the 40 mouth coordinates only (their mouth is the PCA inverse of their
+coefficients).
+
+Training: windows of 64 frames (``studio.train.windows`` splits each clip's time into a training
+block and a later validation block with a gap), per-subject standardization of inputs and
+outputs (``NormStats``, fitted on the training frames), Adam, early stopping on the validation
+L_all, gradient clipping. Seeded and deterministic on CPU: the model is initialized from
+``seed``, each epoch's shuffle and dropout masks from (seed, epoch). After every epoch the full
+training state is written atomically to CKPT_DIR/.train_state, so an interrupted run started
+again with the same arguments resumes from its last finished epoch and ends with the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from studio.audio import FEATURES_PER_VIDEO_FRAME as APF
+from studio.config import from_dict, load_preset, to_dict
+from studio.data.clip import Clip
+from studio.errors import InputError
+from studio.face import layout
+from studio.face.pca import MouthPCA
+from studio.fsutil import atomic_path, write_json_atomic
+from studio.models import VARIANTS, model_config
+from studio.train import checkpoint as ck
+from studio.train.windows import ClipArrays, clip_arrays, gather, split_train_val, window_starts
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".train_state"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lambda_pca: float = 0.05
+    lambda_int: float = 0.6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    window: int = 64  # video frames per training window (256 audio frames)
+    stride: int = 8  # frames between consecutive training window starts
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_epochs: int = 60
+    patience: int = 8  # epochs without a validation improvement before stopping
+    min_delta: float = 1e-3  # relative improvement that counts
+    val_fraction: float = 0.2  # last part of each clip's (span of) time used for validation
+    gap: int = -1  # frames between the training and validation blocks; -1 = one window
+    val_stride: int = 32
+    threads: int = 1  # torch CPU threads while training; 0 = leave torch's setting
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.stride < 1 or self.batch_size < 1 or self.max_epochs < 1:
+            raise ValueError("window >= 2, stride >= 1, batch_size >= 1, max_epochs >= 1")
+
+    @property
+    def gap_frames(self) -> int:
+        return self.window if self.gap < 0 else self.gap
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """Everything a preset decides for one variant."""
+
+    model: Any
+    loss: LossConfig
+    train: TrainConfig
+
+
+def settings_for(variant: str, preset: str | os.PathLike[str] | dict = "cpu",
+                 **train_overrides: Any) -> MappingSettings:
+    """Read a preset's [mapping_model] (cascade) or [mapping_lstm]/[mapping_bilstm] (baselines),
+    [mapping_loss] and [mapping_train] sections; ``train_overrides`` replace TrainConfig fields."""
+    if variant not in VARIANTS:
+        raise InputError(f"Unknown variant {variant!r}.", f"Use one of: {', '.join(VARIANTS)}.")
+    data = preset if isinstance(preset, dict) else load_preset(preset)
+    section = {"lstm": "mapping_lstm", "bilstm": "mapping_bilstm"}.get(variant, "mapping_model")
+    model = model_config(variant, data.get(section, {}))
+    loss = from_dict(LossConfig, data.get("mapping_loss", {}), where="[mapping_loss]")
+    train_data = {**data.get("mapping_train", {}), **{k: v for k, v in train_overrides.items() if v is not None}}
+    train = from_dict(TrainConfig, train_data, where="[mapping_train]")
+    return MappingSettings(model, loss, train)
+
+
+# -- loss ------------------------------------------------------------------------------------
+def mapping_loss(pred_coef, pred_talk, coef, talk, cfg: LossConfig, dims: slice = slice(None)) -> dict:
+    """The paper's composite loss. All tensors (B, T, D) in physical units.
+
+    pred_coef/coef (B, T, 13) PCA coefficients; pred_talk/talk (B, T, 58) normalized points;
+    ``dims`` restricts L2 and L_int to some coordinates (the mouth, for the baselines).
+    Returns {"all", "l2", "pca", "int"} scalar tensors.
+    """
+    frames = talk.shape[1]
+    diff = pred_talk[..., dims] - talk[..., dims]
+    l2 = diff.pow(2).sum(dim=(1, 2)).mean() / frames
+    pca = (pred_coef - coef).pow(2).sum(dim=(1, 2)).mean() / frames
+    dd = diff[:, 1:] - diff[:, :-1]  # (t_i - t_{i-1}) - (G2_i - G2_{i-1}), up to sign
+    inter = dd.pow(2).sum(dim=(1, 2)).mean() / frames
+    total = l2 + cfg.lambda_pca * pca + cfg.lambda_int * inter
+    return {"all": total, "l2": l2, "pca": pca, "int": inter}
+
+
+def forward_physical(net, batch: dict, norm: ck.NormStats, pca_t: tuple) -> tuple:
+    """Run the net on a standardized batch; return (coef, talk) in physical units (B, T, 13/58).
+
+    For mouth-only baselines the talk vector's mouth part is the PCA inverse of the coefficients
+    and the jaw part the training mean.
+    """
+    import torch
+
+    coef_std, talk_mean, talk_std, pca_mean, pca_comp = pca_t
+    z_coef, z_talk = net(batch["audio"], batch["pose"], batch["cheek"])
+    coef = z_coef * coef_std
+    if z_talk is None:
+        mouth = coef @ pca_comp + pca_mean
+        jaw = talk_mean[layout.TALK_JAW].expand(*mouth.shape[:2], -1)
+        talk = torch.cat([mouth, jaw], dim=-1)
+    else:
+        talk = z_talk * talk_std + talk_mean
+    return coef, talk
+
+
+# -- data preparation ------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """Standardized per-clip arrays plus window indices (N, 2) of (clip, start)."""
+
+    audio: list[np.ndarray]  # (4T, 26) standardized
+    pose: list[np.ndarray]  # (T, 3) standardized
+    cheek: list[np.ndarray]  # (T, 16) standardized
+    talk: list[np.ndarray]  # (T, 58) physical (normalized coordinates)
+    coef: list[np.ndarray]  # (T, 13) physical PCA coefficients
+    train_index: np.ndarray
+    val_index: np.ndarray
+    pca: MouthPCA
+    norm: ck.NormStats
+    train_frames: int
+    val_frames: int
+    fps: float
+
+
+def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig) -> PreparedData:
+    """Split, fit PCA + NormStats on the training frames, standardize, index windows."""
+    train_idx, val_idx, tr_sel, n_val = [], [], [], 0
+    for i, b in enumerate(blocks):
+        (t0, t1), (v0, v1) = split_train_val(b.frames, tc.val_fraction, tc.gap_frames)
+        s_tr = window_starts(b.valid, t0, t1, tc.window, tc.stride)
+        s_va = window_starts(b.valid, v0, v1, tc.window, tc.val_stride)
+        train_idx.append(np.stack([np.full_like(s_tr, i), s_tr], 1))
+        val_idx.append(np.stack([np.full_like(s_va, i), s_va], 1))
+        sel = np.zeros(b.frames, bool)
+        sel[t0:t1] = True
+        tr_sel.append(sel & b.valid)
+        n_val += int(b.valid[v0:v1].sum())
+    train_index = np.concatenate(train_idx)
+    val_index = np.concatenate(val_idx)
+    if len(train_index) == 0:
+        raise InputError(f"No {tc.window}-frame training window fits the clips "
+                         f"({sum(b.frames for b in blocks)} frames in all).",
+                         "Give longer clips (at least ~10 s each) or more of them.")
+    if len(val_index) == 0 and tc.val_fraction > 0:
+        raise InputError(f"No {tc.window}-frame validation window fits in the last {tc.val_fraction:.0%} "
+                         "of the clips.", "Give longer clips, or lower mapping_train.val_fraction.")
+    mouth = np.concatenate([b.talk[s, layout.TALK_MOUTH] for b, s in zip(blocks, tr_sel)])
+    pca = MouthPCA.fit(mouth)
+    audio_sel = [np.repeat(s, APF) for s in tr_sel]
+    norm = ck.NormStats.fit(
+        np.concatenate([b.audio[s] for b, s in zip(blocks, audio_sel)]),
+        np.concatenate([b.pose[s] for b, s in zip(blocks, tr_sel)]),
+        np.concatenate([b.cheek[s] for b, s in zip(blocks, tr_sel)]),
+        np.concatenate([b.talk[s] for b, s in zip(blocks, tr_sel)]), pca.coef_std)
+    f32 = np.float32
+    return PreparedData(
+        audio=[((b.audio - norm.audio_mean) / norm.audio_std).astype(f32) for b in blocks],
+        pose=[((b.pose - norm.pose_mean) / norm.pose_std).astype(f32) for b in blocks],
+        cheek=[((b.cheek - norm.cheek_mean) / norm.cheek_std).astype(f32) for b in blocks],
+        talk=[b.talk.astype(f32) for b in blocks],
+        coef=[pca.transform(b.talk[:, layout.TALK_MOUTH]) for b in blocks],
+        train_index=train_index, val_index=val_index, pca=pca, norm=norm,
+        train_frames=int(sum(s.sum() for s in tr_sel)),
+        val_frames=n_val,
+        fps=float(np.median([b.fps for b in blocks])),
+    )
+
+
+def make_batch(data: PreparedData, index: np.ndarray, window: int) -> dict:
+    import torch
+
+    return {
+        "audio": torch.from_numpy(gather(data.audio, index, window, APF)),
+        "pose": torch.from_numpy(gather(data.pose, index, window)),
+        "cheek": torch.from_numpy(gather(data.cheek, index, window)),
+        "talk": torch.from_numpy(gather(data.talk, index, window)),
+        "coef": torch.from_numpy(gather(data.coef, index, window)),
+    }
+
+
+# -- training --------------------------------------------------------------------------------
+def _fingerprint(variant: str, st: MappingSettings, seed: int, blocks: Sequence[ClipArrays]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([variant, to_dict(st.model), to_dict(st.loss), to_dict(st.train), seed],
+                        sort_keys=True).encode())
+    for b in blocks:
+        for arr in (b.audio, b.pose, b.cheek, b.talk, b.valid):
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _deterministic(threads: int):
+    """Deterministic algorithms and a fixed thread count, restored afterwards.
+
+    One thread by default: the 64-frame windows are small, and on a shared 2-core machine two
+    OpenMP threads spin against other processes and run many times slower than one.
+    """
+    import torch
+
+    prev, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+        torch.set_num_threads(prev_threads)
+
+
+def _save_state(state_dir: Path, net, opt, info: dict) -> None:
+    """Model + optimizer tensors as safetensors, everything else as JSON; each file atomic."""
+    import torch
+
+    tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for name, val in st.items():
+            val = torch.as_tensor(val)
+            tensors[f"opt/{idx}/{name}"] = val.reshape(1) if val.dim() == 0 else val
+    from safetensors.torch import save_file
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(state_dir / "state.safetensors") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+    write_json_atomic(state_dir / "state.json", {**info, "param_groups": osd["param_groups"]})
+
+
+def _load_state(state_dir: Path, net, opt) -> dict | None:
+    """Restore model and optimizer from ``state_dir``; None if there is no usable state."""
+    from safetensors.torch import load_file
+
+    try:
+        info = json.loads((state_dir / "state.json").read_text())
+        tensors = load_file(str(state_dir / "state.safetensors"))
+    except Exception:
+        return None
+    if info.get("state_epoch") is None:
+        return None
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict] = {}
+    for key, val in tensors.items():
+        if key.startswith("opt/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = val.reshape(()) if name == "step" else val
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    return info
+
+
+def evaluate_windows(net, data: PreparedData, index: np.ndarray, lc: LossConfig, tc: TrainConfig,
+                     pca_t: tuple, dims: slice) -> dict:
+    """Mean loss terms over windows (eval mode, no grad)."""
+    import torch
+
+    net.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for i in range(0, len(index), 64):
+            sub = index[i:i + 64]
+            batch = make_batch(data, sub, tc.window)
+            coef, talk = forward_physical(net, batch, data.norm, pca_t)
+            terms = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(sub)
+    return {k: v / max(1, len(index)) for k, v in sums.items()}
+
+
+def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str | os.PathLike[str],
+                  preset: str | os.PathLike[str] | dict = "cpu", seed: int = 0, *,
+                  span: tuple[float, float] = (0.0, 1.0), resume: bool = True, progress: bool = False,
+                  callback: Callable[[dict], None] | None = None, **train_overrides: Any) -> Path:
+    """Train ``variant`` on ``clips`` (one subject) and write a checkpoint folder; returns it.
+
+    clips: Clip objects (their ``span`` of time is used) or ready ClipArrays blocks.
+    preset: a preset name/path or an already-loaded preset dict. ``train_overrides`` replace
+    TrainConfig fields (e.g. max_epochs=3). ``callback(record)`` is called after every epoch
+    (an exception raised there interrupts training; the state of finished epochs is kept).
+    If ``out_dir`` already holds a complete checkpoint of the same data and settings, it is
+    returned as is; an interrupted one is resumed (unless ``resume`` is False).
+    """
+    import torch
+
+    out = Path(out_dir)
+    st = settings_for(variant, preset, **train_overrides)
+    tc, lc = st.train, st.loss
+    blocks = [c if isinstance(c, ClipArrays) else clip_arrays(c, span) for c in clips]
+    if not blocks:
+        raise InputError("No clips to train on.", "Pass at least one preprocessed clip folder.")
+    fp = _fingerprint(variant, st, seed, blocks)
+    state_dir = out / STATE_DIR
+    done = _read_json(out / ck.CONFIG_NAME)
+    if resume and done and done.get("fingerprint") == fp:
+        log.info("%s already holds this trained model; nothing to do", out)
+        return out
+    data = prepare(blocks, tc)
+
+    torch.manual_seed(seed)
+    net = ck.model_from_config(variant, to_dict(st.model))
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    info = _load_state(state_dir, net, opt) if resume else None
+    if info is not None and info.get("fingerprint") != fp:
+        log.warning("ignoring the training state in %s: it belongs to other data or settings", state_dir)
+        torch.manual_seed(seed)
+        net = ck.model_from_config(variant, to_dict(st.model))
+        opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        info = None
+    if info is None:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        (out / ck.CONFIG_NAME).unlink(missing_ok=True)
+        info = {"fingerprint": fp, "state_epoch": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0,
+                "elapsed": 0.0, "history": [], "stopped": None}
+        out.mkdir(parents=True, exist_ok=True)
+        data.pca.save(out)
+        data.norm.save(out / ck.NORM_NAME)
+        ck.save_weights(net, out / ck.WEIGHTS_NAME)
+    else:
+        log.info("resuming %s from epoch %d", out, info["state_epoch"])
+
+    mouth_only = bool(net.mouth_only)
+    dims = layout.TALK_MOUTH if mouth_only else slice(None)
+    n = data.norm
+    pca_t = tuple(torch.from_numpy(np.asarray(x, np.float32)) for x in
+                  (n.coef_std, n.talk_mean, n.talk_std, data.pca.mean, data.pca.components))
+    log.info("training %s on %d frames (%d windows), validating on %d frames", variant,
+             data.train_frames, len(data.train_index), data.val_frames)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=tc.max_epochs, initial=info["state_epoch"], desc=f"train {variant}", unit="epoch",
+               disable=not progress, leave=False)
+    with _deterministic(tc.threads):
+        while info["stopped"] is None:
+            epoch = info["state_epoch"] + 1
+            t_start = time.perf_counter()
+            rng = np.random.default_rng([seed, epoch])
+            torch.manual_seed(int(rng.integers(2**62)))
+            order = data.train_index[rng.permutation(len(data.train_index))]
+            net.train()
+            tr_sum, tr_n = 0.0, 0
+            for i in range(0, len(order), tc.batch_size):
+                sub = order[i:i + tc.batch_size]
+                batch = make_batch(data, sub, tc.window)
+                coef, talk = forward_physical(net, batch, n, pca_t)
+                loss = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)["all"]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                opt.step()
+                tr_sum += loss.item() * len(sub)
+                tr_n += len(sub)
+            val = evaluate_windows(net, data, data.val_index, lc, tc, pca_t, dims) if len(data.val_index) else {}
+            val_loss = val.get("all", tr_sum / tr_n)
+            best = info["best_val"]
+            improved = best is None or val_loss < best * (1.0 - tc.min_delta)
+            if improved:
+                info.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
+                ck.save_weights(net, out / ck.WEIGHTS_NAME)
+            else:
+                info["bad_epochs"] += 1
+            info["elapsed"] += time.perf_counter() - t_start
+            record = {"epoch": epoch, "train_loss": tr_sum / tr_n, "val_loss": val_loss,
+                      **{f"val_{k}": v for k, v in val.items() if k != "all"},
+                      "best": improved, "seconds": info["elapsed"]}
+            info["history"].append(record)
+            info["state_epoch"] = epoch
+            if info["bad_epochs"] >= tc.patience:
+                info["stopped"] = "early_stopping"
+            elif epoch >= tc.max_epochs:
+                info["stopped"] = "max_epochs"
+            _save_state(state_dir, net, opt, info)
+            bar.update(1)
+            bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
+            if callback is not None:
+                callback(record)
+    bar.close()
+    _write_log(out, info["history"])
+    config = {
+        "format": ck.FORMAT, "version": ck.VERSION, "variant": variant, "seed": seed,
+        "fingerprint": fp, "preset": preset if not isinstance(preset, dict) else "custom",
+        "model": to_dict(st.model), "loss": to_dict(lc), "train": to_dict(tc),
+        "data": {"clips": [b.name for b in blocks], "span": list(span), "fps": data.fps,
+                 "train_frames": data.train_frames, "val_frames": data.val_frames,
+                 "train_windows": int(len(data.train_index))},
+        "result": {"epochs": info["state_epoch"], "best_epoch": info["best_epoch"],
+                   "best_val_loss": info["best_val"], "train_seconds": round(info["elapsed"], 3),
+                   "stopped": info["stopped"]},
+    }
+    write_json_atomic(out / ck.CONFIG_NAME, config)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    log.info("%s: best epoch %d of %d, val loss %.4g, %.1f s", out, info["best_epoch"], info["state_epoch"],
+             info["best_val"], info["elapsed"])
+    return out
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_log(out: Path, history: list[dict]) -> None:
+    import pandas as pd
+
+    write_json_atomic(out / "train_log.json", history)
+    with atomic_path(out / "train_log.csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+
+
+def load_clips(paths: Sequence[str | os.PathLike[str]]) -> list[Clip]:
+    """Load clip folders (CheckpointError names the one that is missing or broken)."""
+    if not paths:
+        raise InputError("No clip folders given.", "Pass folders made by `studio preprocess` or `studio synth`.")
+    return [Clip.load(p) for p in paths]
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("clips", nargs="+", help="clip folders (preprocess / synth output) of one subject")
+    parser.add_argument("--variant", default="ours", choices=VARIANTS)
+    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("--preset", default="cpu", help="preset name (cpu, paper) or .toml path")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--span", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                        help="train on this fraction of each clip's time, e.g. 0 0.8 (default: all)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's max_epochs")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a training state exists")
+
+
+def cli(args) -> int:
+    clips = load_clips(args.clips)
+    out = train_mapping(clips, args.variant, args.out, args.preset, args.seed, span=tuple(args.span),
+                        resume=not args.no_resume, progress=True, max_epochs=args.max_epochs)
+    print(json.dumps(json.loads((out / ck.CONFIG_NAME).read_text())["result"] | {"checkpoint": str(out)}))
+    return 0
