@@ -1,24 +1,296 @@
-"""Build and launch the Gradio studio (placeholder page until the editing UI lands)."""
+"""The studio's page: three tabs wired to the handlers in :mod:`studio.ui.handlers`.
+
+``build()`` returns the ``gr.Blocks`` (nothing is loaded until an event needs it); ``launch()``
+serves it offline-safe: analytics off, system fonts only (no font or script from the internet),
+no share link, monitoring/MCP/SSR off, and the web server may serve files only from the work
+folder (sessions' outputs) besides its own upload cache.
+
+Queue: heavy events (predict, preview, render, compare) share one concurrency group of
+``STUDIO_HEAVY_JOBS`` (default 1) workers; training jobs (make-subject, ablation) another of 1;
+light events (sliders, frame changes) run alongside them.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+log = logging.getLogger(__name__)
+
+SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+CSS = """
+#overlay img { image-rendering: auto; }
+.pca-row { gap: 4px !important; }
+"""
+
+
+def heavy_limit() -> int:
+    return max(1, int(os.environ.get("STUDIO_HEAVY_JOBS", "1")))
+
 
 def build():
+    """The studio as a ``gr.Blocks`` (not launched)."""
     import gradio as gr
 
+    from studio.edits import RANGES
+    from studio.face.layout import PCA_DIM
+    from studio.subject import ALL_VARIANTS, VARIANT_LABELS
+    from studio.ui import handlers as h
+    from studio.ui.session import DubState, drop_session, sample_speeches
+
+    subjects = h.subject_choices()
+    first = subjects[0][1] if subjects else None
+    clips, trained = _initial_choices(first)
+    speeches = sample_speeches(first)
+    heavy = {"concurrency_id": "heavy", "concurrency_limit": heavy_limit()}
+    training = {"concurrency_id": "training", "concurrency_limit": 1}
+    light = {"trigger_mode": "always_last", "show_progress": "hidden"}
+    all_variants = [(VARIANT_LABELS[v], v) for v in ALL_VARIANTS]
+
     with gr.Blocks(title="Lip Sync Studio", analytics_enabled=False) as demo:
-        gr.Markdown("# Lip Sync Studio\nThe editing studio is being built; see README.md.")
+        state = gr.State(DubState.new, delete_callback=drop_session)
+        playing = gr.State(False)
+        gr.Markdown("## Lip Sync Studio\nRe-time a talking head's mouth and jaw to new speech "
+                    "(pose-adaptive cascaded TCN, Zheng et al., ICASSP 2021).")
+        with gr.Tabs():
+            # ---------------------------------------------------------------- Dub
+            with gr.Tab("Dub", id="dub"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        subject = gr.Dropdown(subjects, value=first, label="Subject", elem_id="subject",
+                                              allow_custom_value=True)
+                        subject_md = gr.Markdown()
+                        speech = gr.Audio(value=speeches[0] if speeches else None, sources=["upload", "microphone"],
+                                          type="filepath", label="Speech (wav, mp3, m4a)", elem_id="speech")
+                        template_clip = gr.Dropdown(clips, value=clips[0] if clips else None, allow_custom_value=True,
+                                                    label="Template clip of the subject", elem_id="template")
+                        template_upload = gr.Video(label="... or upload a template video", sources=["upload"],
+                                                   height=160)
+                        with gr.Row():
+                            variant = gr.Dropdown(trained, value="ours" if ("Ours", "ours") in trained else None,
+                                                  allow_custom_value=True, label="Mapping model", elem_id="variant")
+                            renderer = gr.Radio(["retrieval"], value="retrieval", label="Renderer")
+                        predict_btn = gr.Button("Predict", variant="primary", elem_id="predict")
+                        summary = gr.Markdown(elem_id="summary")
+                    with gr.Column(scale=2):
+                        overlay = gr.Image(label="Landmarks: predicted (orange) over the template's own (cyan)",
+                                           type="numpy", format="png", height=400, interactive=False,
+                                           elem_id="overlay")
+                        with gr.Row():
+                            frame = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="frame", scale=5)
+                            play_btn = gr.Button("Play", scale=1, min_width=80, elem_id="play")
+                        timeline_plot = gr.Plot(label="Timeline (grey: silence, red: current frame)",
+                                                elem_id="timeline")
+                with gr.Accordion("Edits (applied on release; no re-run of the network)", open=True):
+                    with gr.Row():
+                        reset_btn = gr.Button("Reset edits", size="sm")
+                        save_btn = gr.Button("Save edits", size="sm")
+                        load_btn = gr.UploadButton("Load edits", file_types=[".json"], size="sm")
+                        edits_file = gr.File(label="edits.json", height=60, scale=2)
+                    lo, hi = RANGES["pca_offsets"]
+                    pca = []
+                    gr.Markdown("Mouth PCA offsets (in standard deviations of each coefficient)")
+                    for row in range(0, PCA_DIM, 7):
+                        with gr.Row(elem_classes="pca-row"):
+                            for k in range(row, min(PCA_DIM, row + 7)):
+                                pca.append(gr.Slider(lo, hi, value=0.0, step=0.05, label=f"PC{k + 1}",
+                                                     elem_id=f"pc{k + 1}", min_width=110))
+                    with gr.Row():
+                        mouth_gain = gr.Slider(*RANGES["mouth_open_gain"], value=1.0, step=0.05,
+                                               label="Mouth opening gain")
+                        jaw_gain = gr.Slider(*RANGES["jaw_open_gain"], value=1.0, step=0.05, label="Jaw opening gain")
+                        jaw_offset = gr.Slider(*RANGES["jaw_open_offset"], value=0.0, step=0.01,
+                                               label="Jaw opening offset (face scales)")
+                        jaw_smooth = gr.Slider(*RANGES["jawline_smoothing"], value=0.0, step=0.1,
+                                               label="Jaw line smoothing (points)")
+                        time_smooth = gr.Slider(*RANGES["temporal_smoothing"], value=0.0, step=0.25,
+                                                label="Temporal smoothing (frames)")
+                    with gr.Row():
+                        close_silence = gr.Checkbox(False, label="Close the mouth in silence")
+                        silence_db = gr.Slider(*RANGES["silence_threshold"], value=30.0, step=1,
+                                               label="Silence threshold (dB below speech)")
+                        range_on = gr.Checkbox(False, label="Only frames")
+                        range_start = gr.Slider(0, 1, value=0, step=1, label="from")
+                        range_end = gr.Slider(0, 1, value=1, step=1, label="to (exclusive)")
+                controls = [*pca, mouth_gain, jaw_gain, jaw_offset, jaw_smooth, time_smooth, close_silence,
+                            silence_db, range_on, range_start, range_end]
+                with gr.Accordion("Facial map (what the renderer sees)", open=False):
+                    with gr.Row():
+                        canny_low = gr.Slider(0, 255, value=50, step=1, label="Canny low threshold")
+                        canny_high = gr.Slider(0, 255, value=150, step=1, label="Canny high threshold")
+                        map_btn = gr.Button("Show facial map", size="sm")
+                    facemap_img = gr.Image(label="Facial map of the current frame", type="numpy", format="png",
+                                           height=300, interactive=False, elem_id="facemap")
+                with gr.Accordion("Render", open=True):
+                    with gr.Row():
+                        preview_btn = gr.Button("Preview frame", elem_id="preview")
+                        r_start = gr.Number(0, precision=0, label="range from", min_width=90)
+                        r_stop = gr.Number(h.SHORT_RANGE_FRAMES, precision=0, label="to", min_width=90)
+                        range_btn = gr.Button("Render range", elem_id="render_range")
+                        full_btn = gr.Button("Render full clip", variant="primary", elem_id="render")
+                        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                    with gr.Row():
+                        preview_img = gr.Image(label="Rendered frame", type="numpy", format="png", height=300,
+                                               interactive=False, elem_id="preview_img")
+                        video = gr.Video(label="Dubbed video", height=300, interactive=False, elem_id="video")
+                    with gr.Row():
+                        video_file = gr.File(label="Download video", height=60)
+                        csv_btn = gr.Button("Landmarks CSV", size="sm")
+                        csv_file = gr.File(label="Download landmarks (CSV)", height=60)
+
+            # ---------------------------------------------------------------- Subject
+            with gr.Tab("Subject", id="subject_tab"):
+                gr.Markdown("Upload footage of one person speaking (one or more videos with sound). The studio "
+                            "tracks the face, fits the mouth PCA, trains the mapping model(s) and builds the "
+                            "retrieval renderer's pool; the subject is saved and appears in the dropdowns. "
+                            "Cancel stops the job; Build with the same name resumes it.")
+                with gr.Row():
+                    with gr.Column():
+                        s_files = gr.File(file_count="multiple", file_types=["video"], label="Footage")
+                        s_name = gr.Textbox(label="Subject name", placeholder="e.g. anna")
+                        s_variants = gr.CheckboxGroup(all_variants, value=["ours"], label="Mapping models to train")
+                        with gr.Row():
+                            s_neural = gr.Checkbox(False, label="Also train the neural renderer (slow on CPU)")
+                            s_steps = gr.Number(2000, precision=0, label="neural renderer steps")
+                        with gr.Row():
+                            build_btn = gr.Button("Build subject", variant="primary")
+                            s_cancel = gr.Button("Cancel", variant="stop")
+                    with gr.Column():
+                        s_status = gr.Markdown()
+                        s_loss = gr.Plot(label="Training loss")
+                        s_sample = gr.Image(label="Neural renderer samples (map | output | real)", type="filepath",
+                                            interactive=False, height=200)
+
+            # ---------------------------------------------------------------- Ablations
+            with gr.Tab("Ablations", id="ablations"):
+                with gr.Row():
+                    a_subject = gr.Dropdown(subjects, value=first, label="Subject", allow_custom_value=True)
+                    a_variants = gr.CheckboxGroup(all_variants, value=list(ALL_VARIANTS), label="Variants")
+                with gr.Row():
+                    a_seeds = gr.Number(3, precision=0, label="seeds", min_width=80)
+                    a_epochs = gr.Number(None, precision=0, label="max epochs (empty: preset)", min_width=80)
+                    a_show = gr.Button("Show results")
+                    a_run = gr.Button("Run ablation", variant="primary")
+                    a_cancel = gr.Button("Cancel", variant="stop")
+                a_note = gr.Markdown()
+                a_table = gr.Dataframe(label="Table 1 (mean ± std over seeds)", interactive=False)
+                a_fig = gr.Plot(label="Table 1 as bars (error bars: std over seeds)")
+                gr.Markdown("### Side by side\nThe same speech driven by several variants, on one template.")
+                with gr.Row():
+                    c_speech = gr.Audio(value=speeches[0] if speeches else None, sources=["upload"],
+                                        type="filepath", label="Speech")
+                    with gr.Column():
+                        c_template = gr.Dropdown(clips, value=clips[0] if clips else None, allow_custom_value=True,
+                                                 label="Template clip")
+                        c_variants = gr.CheckboxGroup(all_variants, value=[v for _, v in trained][:2],
+                                                      label="Variants (trained ones)")
+                        c_render = gr.Checkbox(False, label="Also render the clips (slower)")
+                        c_btn = gr.Button("Compare", variant="primary")
+                with gr.Row():
+                    c_overlay = gr.Video(label="Predicted landmarks, side by side", interactive=False)
+                    c_rendered = gr.Video(label="Rendered, side by side", interactive=False)
+
+        timer = gr.Timer(0.12, active=False)
+
+        # ---------------------------------------------------------------- wiring
+        subject_outputs = [template_clip, variant, renderer, subject_md]
+        demo.load(h.subject_info, [subject], subject_outputs, api_name="init")
+        subject.input(h.subject_info, [subject], subject_outputs, api_name="subject_info")
+        predict_btn.click(h.predict, [state, subject, speech, template_clip, template_upload, variant],
+                          [state, frame, overlay, timeline_plot, summary], api_name="predict", **heavy).then(
+            h.frame_range_limits, [state], [range_start, range_end], api_name="frame_range_limits")
+        frame.release(h.show_frame, [state, frame], [overlay, timeline_plot], api_name="show_frame", **light)
+        play_btn.click(h.toggle_play, [playing], [playing, timer, play_btn], api_name="toggle_play")
+        timer.tick(h.play_tick, [state, frame], [frame, overlay], api_name="play_tick", **light)
+        edit_triggers = [c.release for c in controls if isinstance(c, gr.Slider)] + [
+            c.input for c in controls if isinstance(c, gr.Checkbox)]
+        gr.on(edit_triggers, h.edit, [state, frame, *controls], [state, overlay, timeline_plot],
+              api_name="edit", **light)
+        reset_btn.click(h.reset_edits, [state, frame], [state, *controls, overlay, timeline_plot],
+                        api_name="reset_edits")
+        save_btn.click(h.save_edits, [state], [edits_file], api_name="save_edits")
+        load_btn.upload(h.load_edits, [state, frame, load_btn], [state, *controls, overlay, timeline_plot],
+                        api_name="load_edits")
+        gr.on([map_btn.click, canny_low.release, canny_high.release], h.facemap,
+              [state, frame, canny_low, canny_high], [facemap_img], api_name="facemap")
+        preview_evt = preview_btn.click(h.preview_frame, [state, frame, renderer, canny_low, canny_high],
+                                        [preview_img], api_name="preview_frame", **heavy)
+        range_evt = range_btn.click(h.render_range, [state, r_start, r_stop, renderer, canny_low, canny_high],
+                                    [video], api_name="render_range", **heavy)
+        full_evt = full_btn.click(h.render_full, [state, renderer, canny_low, canny_high],
+                                  [state, video, video_file, csv_file], api_name="render", **heavy)
+        cancel_btn.click(h.cancel, [state], None, cancels=[preview_evt, range_evt, full_evt], api_name="cancel")
+        csv_btn.click(h.download_landmarks, [state], [csv_file], api_name="landmarks_csv")
+
+        build_btn.click(h.build_subject, [state, s_files, s_name, s_variants, s_neural, s_steps],
+                        [s_status, s_loss, s_sample, subject], api_name="build_subject", **training).then(
+            h.refresh_subjects, [a_subject], [a_subject], api_name="refresh_subjects")
+        s_cancel.click(h.cancel, [state], None, api_name="cancel_job")
+
+        ablation_outputs = [a_table, a_fig, a_note, c_template, c_variants]
+        demo.load(h.ablation_subject, [a_subject], ablation_outputs, api_name="init_ablations")
+        a_subject.input(h.ablation_subject, [a_subject], ablation_outputs, api_name="ablation_subject")
+        a_show.click(h.ablation_results, [a_subject, a_variants], [a_table, a_fig, a_note], api_name="ablation_results")
+        a_run.click(h.run_ablation, [state, a_subject, a_variants, a_seeds, a_epochs], [a_table, a_fig, a_note],
+                    api_name="run_ablation", **training)
+        a_cancel.click(h.cancel, [state], None, api_name="cancel_ablation")
+        c_btn.click(h.compare_variants, [state, a_subject, c_speech, c_template, c_variants, c_render],
+                    [c_overlay, c_rendered], api_name="compare", **heavy)
     return demo
 
 
-def launch() -> None:
-    demo = build()
-    demo.queue(default_concurrency_limit=2).launch(
+def _initial_choices(subject_dir: str | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """(template clips, trained variants) of the preselected subject, for the page as first served."""
+    from studio.subject import ALL_VARIANTS, VARIANT_LABELS, Subject
+
+    if not subject_dir:
+        return [], []
+    try:
+        m = Subject.load(subject_dir).manifest
+    except Exception:  # shown by the load event's handler instead
+        return [], []
+    return list(m.clips), [(VARIANT_LABELS[v], v) for v in ALL_VARIANTS if v in m.variants]
+
+
+def theme():
+    import gradio as gr
+
+    return gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+
+
+def launch_kwargs(**overrides) -> dict:
+    """Arguments for ``Blocks.launch``: offline-safe, local, narrow file access."""
+    from studio.ui.session import work_dir
+
+    work = work_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    kw = dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        show_api=False,
+        share=False,
+        allowed_paths=[str(work)],
+        footer_links=["api"],
+        enable_monitoring=False,
+        mcp_server=False,
+        ssr_mode=False,
+        pwa=False,
+        run_history=False,
+        max_file_size="1000mb",
+        theme=theme(),
+        css=CSS,
+        quiet=True,
     )
+    kw.update(overrides)
+    return kw
+
+
+def launch(**overrides):
+    """Build the studio and serve it; blocks unless ``prevent_thread_lock=True`` is passed. Returns
+    the running ``gr.Blocks`` (``.local_url``, ``.close()``)."""
+    demo = build()
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    demo.launch(**launch_kwargs(**overrides))
+    return demo

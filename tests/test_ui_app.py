@@ -1,0 +1,146 @@
+"""End to end: the studio served on 127.0.0.1 and driven over its API with gradio_client.
+
+Predict on the sample subject (the tiny synthetic one until presets/sample_subject exists),
+apply an edit, render, and check the mp4 that comes back (frames, audio, duration); two clients
+at once keep their own state; a user mistake comes back as a readable error and the server
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ui_support import free_port, sample_or_tiny, speech_wav, studio_env, video_stats
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    subject = sample_or_tiny(base)
+    mp = pytest.MonkeyPatch()
+    for k, v in studio_env(base / "app", subject).items():
+        mp.setenv(k, v)
+    from studio.ui import app
+
+    demo = app.launch(prevent_thread_lock=True, server_port=free_port())
+    try:
+        yield demo, subject, speech_wav(base / "app" / "speech.wav", seconds=3.0)
+    finally:
+        demo.close()
+        mp.undo()
+
+
+def _client(demo):
+    return gradio_client.Client(demo.local_url, verbose=False)
+
+
+def _path(value) -> str:
+    """A file output as gradio_client returns it (a path, or a dict with one)."""
+    if isinstance(value, dict):
+        return value.get("video") or value.get("path") or value.get("value")
+    return value
+
+
+def test_page_and_api_are_served(served):
+    import httpx
+
+    demo, _, _ = served
+    page = httpx.get(demo.local_url, timeout=30)
+    assert page.status_code == 200 and "Lip Sync Studio" in page.text
+    info = _client(demo).view_api(print_info=False, return_format="dict")
+    names = set(info["named_endpoints"])
+    for name in ("/predict", "/edit", "/show_frame", "/reset_edits", "/save_edits", "/load_edits", "/facemap",
+                 "/preview_frame", "/render_range", "/render", "/cancel", "/landmarks_csv", "/build_subject",
+                 "/ablation_results", "/run_ablation", "/compare", "/subject_info"):
+        assert name in names, name
+
+
+def test_predict_edit_render(served):
+    from gradio_client import handle_file
+
+    demo, subject, speech = served
+    client = _client(demo)
+    subject_path = str(subject.resolve())
+    clip = json.loads((subject / "subject.json").read_text())["clips"][0]
+    frame_update, image, _, summary = client.predict(subject_path, handle_file(str(speech)), clip, None, "ours",
+                                                     api_name="/predict")
+    assert "frames" in summary
+    before = np.asarray(_read_image(image))
+
+    values = [0.0] * 13 + [1.0, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
+    values[0] = 3.0
+    values[13] = 2.0  # mouth opening gain
+    image2, _ = client.predict(5, *values, api_name="/edit")
+    after = np.asarray(_read_image(image2))
+    assert before.shape == after.shape
+    assert np.abs(before.astype(int) - after.astype(int)).sum() > 0
+
+    saved = client.predict(api_name="/save_edits")
+    edits = json.loads(Path(_path(saved)).read_text())
+    assert edits["pca_offsets"][0] == 3.0 and edits["mouth_open_gain"] == 2.0
+
+    video, video_file, csv = client.predict("retrieval", 50, 150, api_name="/render")
+    stats = video_stats(Path(_path(video)))
+    fps = stats["fps"]
+    expected = int(round(3.0 * fps))
+    assert abs(stats["frames"] - expected) <= 1
+    assert stats["has_audio"] and abs(stats["audio_seconds"] - 3.0) < 0.15
+    assert abs(stats["duration"] - 3.0) < 0.15
+    rows = Path(_path(csv)).read_text().strip().splitlines()
+    assert len(rows) == stats["frames"] + 1 and rows[0].startswith("frame,time,template_frame,x0,y0")
+
+
+def test_sessions_do_not_share_state(served):
+    from gradio_client import handle_file
+
+    demo, subject, speech = served
+    a, b = _client(demo), _client(demo)
+    subject_path = str(subject.resolve())
+    clip = json.loads((subject / "subject.json").read_text())["clips"][0]
+    a.predict(subject_path, handle_file(str(speech)), clip, None, "ours", api_name="/predict")
+    values = [0.0] * 13 + [1.5, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
+    a.predict(0, *values, api_name="/edit")
+    # b never predicted: its edit is refused, and its saved edits are the identity
+    with pytest.raises(Exception, match="Nothing predicted yet"):
+        b.predict(0, *values, api_name="/edit")
+    saved_a = json.loads(Path(_path(a.predict(api_name="/save_edits"))).read_text())
+    saved_b = json.loads(Path(_path(b.predict(api_name="/save_edits"))).read_text())
+    assert saved_a["mouth_open_gain"] == 1.5 and saved_b["mouth_open_gain"] == 1.0
+    assert Path(_path(a.predict(api_name="/save_edits"))).parent != Path(_path(b.predict(api_name="/save_edits"))).parent
+
+
+def test_user_mistakes_are_messages_and_server_keeps_serving(served, tmp_path):
+    from gradio_client import handle_file
+
+    demo, subject, speech = served
+    client = _client(demo)
+    subject_path = str(subject.resolve())
+    clip = json.loads((subject / "subject.json").read_text())["clips"][0]
+    silent = tmp_path / "silent.wav"
+    import soundfile as sf
+
+    sf.write(str(silent), np.zeros(16000 * 2, np.float32), 16000)
+    with pytest.raises(Exception, match="silent"):
+        client.predict(subject_path, handle_file(str(silent)), clip, None, "ours", api_name="/predict")
+    bad = tmp_path / "speech.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    with pytest.raises(Exception) as info:
+        client.predict(subject_path, handle_file(str(bad)), clip, None, "ours", api_name="/predict")
+    assert "Traceback" not in str(info.value)
+    with pytest.raises(Exception, match="no trained"):
+        client.predict(subject_path, handle_file(str(speech)), clip, None, "lstm", api_name="/predict")
+    # still serving
+    out = client.predict(subject_path, handle_file(str(speech)), clip, None, "ours", api_name="/predict")
+    assert "frames" in out[-1]
+
+
+def _read_image(value):
+    import imageio.v3 as iio
+
+    return iio.imread(_path(value))
