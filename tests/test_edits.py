@@ -324,3 +324,11 @@ def test_edits_are_frozen_and_replaceable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         edits.mouth_open_gain = 2.0  # type: ignore[misc]
     assert dataclasses.replace(edits, mouth_open_gain=2.0).mouth_open_gain == 2.0
+
+
+def test_benchmark_reports_plain_numbers():
+    from studio.edits import benchmark
+
+    report = benchmark(minutes=0.1, repeats=1)
+    assert report["frames"] == 150.0
+    assert all(isinstance(v, float) and v > 0 for v in report.values())
