@@ -122,6 +122,7 @@ class _Loading:
     """A load in flight: waiters block on ``done`` and then read ``value`` or ``error``."""
 
     def __init__(self) -> None:
+        self.owner = threading.get_ident()
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -176,6 +177,8 @@ class ModelManager:
                 pending = self._loading[key] = _Loading()
         assert pending is not None
         if not owner:
+            if pending.owner == threading.get_ident():
+                raise RuntimeError(f"the loader of {key!r} asked for {key!r} itself")
             pending.done.wait()
             if pending.error is not None:
                 raise pending.error

@@ -181,3 +181,13 @@ def test_default_manager_is_one_object():
 def test_bad_bound_is_rejected():
     with pytest.raises(ValueError):
         ModelManager(max_bytes=0)
+
+
+def test_a_loader_may_load_other_keys_but_not_itself():
+    manager = ModelManager(device="cpu")
+    outer = manager.get("subject", lambda d: {"pca": manager.get("pca", lambda d2: "P", size_bytes=1)},
+                        size_bytes=1)
+    assert outer == {"pca": "P"} and "pca" in manager
+    with pytest.raises(RuntimeError, match="itself"):
+        manager.get("loop", lambda d: manager.get("loop", lambda d2: 1))
+    assert "loop" not in manager
