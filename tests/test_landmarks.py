@@ -271,7 +271,8 @@ def test_fan_wrong_architecture(fan_weights):
 def test_fan_weights_missing_offline(fan_weights, monkeypatch):
     (fan_weights / weights.REGISTRY["fan_2d"].file).unlink()
     spec = weights.REGISTRY["fan_2d"]
-    monkeypatch.setitem(weights.REGISTRY, "fan_2d", weights.WeightSpec(spec.file, None, "http://127.0.0.1:9/2DFAN4.pth.tar"))
+    offline = weights.WeightSpec(spec.file, None, "http://127.0.0.1:9/2DFAN4.pth.tar")
+    monkeypatch.setitem(weights.REGISTRY, "fan_2d", offline)
     with pytest.raises(WeightsError) as ei:
         make_backend("fan")
     assert "2DFAN4-11f355bf06.pth.tar" in ei.value.message and str(fan_weights) in ei.value.hint

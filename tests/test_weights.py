@@ -76,7 +76,8 @@ def test_registry_entries():
 
 def test_shared_weights_are_found_and_verified(monkeypatch, weights_dir):
     monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
-    for name in ("face_landmarker", "blazeface", "blazeface_anchors", "blazeface_back", "blazeface_back_anchors"):
+    names = ("face_landmarker", "blazeface", "blazeface_anchors", "blazeface_back", "blazeface_back_anchors")
+    for name in names:
         p = weights_path(name, download=False)
         assert p.is_file() and p.stat().st_size > 0
         assert weights.sha256_of(p) == weights.REGISTRY[name].sha256
@@ -99,7 +100,8 @@ def test_download_ok(server, cache, monkeypatch):
     root, base = server
     data = b"model bytes " * 1000
     (root / "m.bin").write_bytes(data)
-    _register(monkeypatch, "test_ok", WeightSpec("sub/m.bin", hashlib.sha256(data).hexdigest(), base + "m.bin"))
+    digest = hashlib.sha256(data).hexdigest()
+    _register(monkeypatch, "test_ok", WeightSpec("sub/m.bin", digest, base + "m.bin"))
     p = weights_path("test_ok", timeout=5)
     assert p == cache / "sub" / "m.bin"
     assert p.read_bytes() == data

@@ -115,7 +115,8 @@ def box_of(points: np.ndarray) -> np.ndarray:
     return np.concatenate([p.min(axis=0), p.max(axis=0)]).astype(np.float32)
 
 
-def fill_gaps(values: np.ndarray, found: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+def fill_gaps(values: np.ndarray, found: np.ndarray,
+              max_gap: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Fill frames without a face. values (T, ...) (rows where found is False are ignored);
     found (T,) bool. Returns (filled (T, ...) float32, valid (T,) bool, long gaps [(start, stop)]).
 
@@ -234,7 +235,8 @@ class MediaPipeBackend(LandmarkBackend):
 
     name = "mediapipe"
 
-    def __init__(self, config: LandmarkConfig = LandmarkConfig(), *, model_path: str | Path | None = None) -> None:
+    def __init__(self, config: LandmarkConfig = LandmarkConfig(), *,
+                 model_path: str | Path | None = None) -> None:
         super().__init__(config)
         self.model_path = Path(model_path) if model_path else weights_path("face_landmarker")
         self._image_mode = None
@@ -337,7 +339,8 @@ def _face_alignment(fan_path: Path, detector: str, detector_kwargs: dict, device
         raise
     except Exception as exc:
         raise WeightsError(f"Cannot load the {detector} face detector: {exc}.",
-                           "Delete its files in the weights folder so that they are downloaded again.") from None
+                           "Delete its files in the weights folder so that they are downloaded "
+                           "again.") from None
 
 
 class FanBackend(LandmarkBackend):

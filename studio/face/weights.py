@@ -151,7 +151,8 @@ def _download(s: WeightSpec, path: Path, timeout: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
-        raise WeightsError(f"Cannot write model file {s.file} into {folder}: {exc}.", _hint(s, folder)) from None
+        raise WeightsError(f"Cannot write model file {s.file} into {folder}: {exc}.",
+                           _hint(s, folder)) from None
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
@@ -176,7 +177,8 @@ def _download(s: WeightSpec, path: Path, timeout: float) -> None:
         raise
     except (urllib.error.URLError, http.client.HTTPException, socket.timeout, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise WeightsError(f"Could not download {s.file} from {s.url} ({reason}).", _hint(s, folder)) from None
+        raise WeightsError(f"Could not download {s.file} from {s.url} ({reason}).",
+                           _hint(s, folder)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
