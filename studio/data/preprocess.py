@@ -221,7 +221,7 @@ def _fan_random_weights_dir(tmp: Path) -> Path:
     return root
 
 
-def benchmark(video: str | os.PathLike[str], *, max_frames: int | None = None, fan_frames: int = 60) -> dict:
+def benchmark(video: str | os.PathLike[str], *, max_frames: int | None = None, fan_frames: int = 20) -> dict:
     """Frames/s of preprocessing ``video``: decode alone, the mediapipe backend (decode +
     landmarks), the whole mediapipe preprocess (+ pose, audio, save), and the fan backend
     (2D-FAN with RANDOM weights + BlazeFace, on the first ``fan_frames`` frames)."""
