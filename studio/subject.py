@@ -183,13 +183,15 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
 
     used: set[str] = set()
     clip_dirs: list[Path] = []
+    clips = []
     for k, video in enumerate(videos):
         audio = audios[k] if audios is not None else None
         if audio is None and not media.probe_video(video).has_audio:
             audio = sibling_audio(video)
         name_k = clip_name(video, used)
         report(f"preprocess {video.name}", done / n_stages)
-        preprocess(video, out / "clips" / name_k, audio=audio, backend=backend)
+        preprocess(video, out / "clips" / name_k, audio=audio, backend=backend, progress=False)
+        clips.append(_embed_video(out / "clips" / name_k, video))
         clip_dirs.append(out / "clips" / name_k)
         done += 1
 
@@ -197,7 +199,7 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
         report(f"train mapping: {variant}", done / n_stages)
         ckpt = out / "mapping" / variant
         if not (ckpt / "config.json").exists():
-            train_mapping(clip_dirs, variant, ckpt, preset=preset, seed=seed)
+            train_mapping(clips, variant, ckpt, preset=preset, seed=seed)
         done += 1
 
     report("build retrieval pool", done / n_stages)
@@ -224,6 +226,24 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     write_json_atomic(out / MANIFEST, dataclasses.asdict(manifest))
     report("done", 1.0)
     return Subject.load(out)
+
+
+def _embed_video(clip_dir: Path, video: Path):
+    """Copy the footage into the clip folder and point the clip at it (``meta.video``, relative),
+    so that a subject folder is self-contained and can be moved or committed."""
+    import shutil
+
+    from studio.data.clip import Clip
+    from studio.fsutil import atomic_path
+
+    target = clip_dir / f"video{video.suffix.lower() or '.mp4'}"
+    meta = json.loads((clip_dir / "clip.json").read_text())
+    if meta.get("video") != target.name or not target.exists():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(video, tmp)
+        meta["video"] = target.name
+        write_json_atomic(clip_dir / "clip.json", meta)
+    return Clip.load(clip_dir)
 
 
 def _existing_manifest(out: Path) -> SubjectManifest | None:
