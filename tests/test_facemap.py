@@ -101,3 +101,30 @@ def test_line_width_scales_with_size():
         crop, tp, pred = _inputs(size)
         ink[size] = (facial_map(crop, tp, pred, FacemapConfig(edges=False))[..., 1] > 0).sum()
     assert 2.5 < ink[512] / ink[256] < 6, "lines get longer and thicker at 2x"
+
+
+def test_cli_writes_map(tmp_path):
+    import cv2
+
+    from studio import media
+    from studio.cli import main
+    from studio.data.clip import Clip, ClipMeta
+    from studio.face.normalize import face_scale, nose_centre
+
+    t = 4
+    lm = np.stack([face_points(128, 118, 40, opening=i / 3) for i in range(t)])
+    video = tmp_path / "v.mp4"
+    with media.VideoWriter(video, 25, (256, 256)) as w:
+        for p in lm:
+            w.write(face_image(p))
+    meta = ClipMeta(source=str(video), source_sha256="x", fps=25.0, frames=t, width=256, height=256,
+                    faces_found=t, backend="synthetic", audio_seconds=0.0, video=str(video))
+    ones = np.ones(t, bool)
+    Clip(meta, lm, ones, ones, np.zeros((t, 3), np.float32), nose_centre(lm).astype(np.float32),
+         face_scale(lm).astype(np.float32), np.zeros((t, 4), np.float32),
+         np.zeros((4 * t, 26), np.float32)).save(tmp_path / "clip")
+    out = tmp_path / "map.png"
+    assert main(["facemap", str(tmp_path / "clip"), "--frame", "2", "--out", str(out)]) == 0
+    img = cv2.imread(str(out))
+    assert img.shape == (256, 256, 3) and img.any()
+    assert main(["facemap", str(tmp_path / "clip"), "--frame", "9", "--out", str(out)]) == 2

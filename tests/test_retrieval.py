@@ -183,3 +183,37 @@ def test_benchmark_returns_numbers():
 
     out = benchmark(size=128, frames=3, pool_frames=12)
     assert out["retrieval_fps"] > 0 and out["retrieval_size"] == 128
+
+
+@pytest.fixture(scope="module")
+def obama_clip(shared, tmp_path_factory):
+    """The first 5 s of a real Obama clip, preprocessed with the bundled MediaPipe weights."""
+    import os
+
+    from studio.data.preprocess import preprocess
+
+    old = os.environ.get("STUDIO_WEIGHTS_DIR")
+    os.environ["STUDIO_WEIGHTS_DIR"] = str(shared / "weights")
+    try:
+        video = shared / "media" / "video" / "obama_clip1.mp4"
+        return preprocess(video, tmp_path_factory.mktemp("obama") / "clip", audio=video.with_suffix(".wav"),
+                          stop=150, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_WEIGHTS_DIR")
+        else:
+            os.environ["STUDIO_WEIGHTS_DIR"] = old
+
+
+@pytest.mark.slow
+def test_reconstruction_floor_real_footage(obama_clip):
+    """Each test frame rendered from its own true landmarks, its +-5 neighbours out of the pool.
+    Measured on the full clips (python -m studio bench / docs/results): mouth ~25-27 dB."""
+    from studio.render.retrieval import evaluate_clip
+
+    own = evaluate_clip(obama_clip, size=256, frames=150, test_every=10)
+    assert own["frames"] >= 12
+    assert own["mouth_psnr"] > 23.0 and own["mouth_ssim"] > 0.68, own
+    assert own["crop_psnr"] > 29.0 and own["crop_ssim"] > 0.92, own
+    moved = evaluate_clip(obama_clip, size=256, frames=150, test_every=10, template_shift=15)
+    assert moved["mouth_psnr"] > moved["template_mouth_psnr"] + 1.0, moved
