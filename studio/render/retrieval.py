@@ -521,8 +521,10 @@ class RetrievalRenderer:
     """
 
     def __init__(self, pool: RetrievalPool, cfg: RetrievalConfig | None = None) -> None:
+        """cfg None: this version's defaults for picking and blending (not the settings stored
+        with the pool, which only record how it was built), so saved pools pick up tuning."""
         self.pool = pool
-        self.cfg = cfg or pool.cfg
+        self.cfg = cfg or RetrievalConfig()
         self._features = pool.features(self.cfg)
         self._successor = pool.successor()
         self._cache: dict[int, np.ndarray] = {}
