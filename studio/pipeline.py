@@ -211,8 +211,11 @@ class Pipeline:
             raise InputError(f"Template {str(which)!r} is neither a clip of {subject.name!r} nor a file.",
                              f"Pick one of {list(subject.manifest.clips)} or upload a video.")
         media.check_file_size(p, self.config.limits)
-        media.check_video(media.probe_video(p), self.config.limits)
         sha = sha256_file(p)
+        own = subject.clip_for_video(sha)
+        if own is not None:  # footage the subject was built from: already preprocessed
+            return subject.clip(own)
+        media.check_video(media.probe_video(p), self.config.limits)
 
         def make() -> Clip:
             return preprocess(p, self.work_dir / "templates" / sha[:16])

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from studio.errors import CheckpointError, InputError
-from studio.fsutil import write_json_atomic
+from studio.fsutil import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,13 @@ class Subject:
         return cls(directory, manifest)
 
     # -- parts ----------------------------------------------------------------------------------
+    def clip_for_video(self, sha256: str) -> str | None:
+        """The name of this subject's clip made from a video with this content hash, if any."""
+        for name, sha in self.manifest.extras.get("video_sha256", {}).items():
+            if sha == sha256 and name in self.manifest.clips:
+                return name
+        return None
+
     def clip_dir(self, name: str) -> Path:
         if name not in self.manifest.clips:
             raise InputError(f"Subject {self.name!r} has no clip {name!r}.",
@@ -184,6 +191,7 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     used: set[str] = set()
     clip_dirs: list[Path] = []
     clips = []
+    video_sha: dict[str, str] = {}
     for k, video in enumerate(videos):
         audio = audios[k] if audios is not None else None
         if audio is None and not media.probe_video(video).has_audio:
@@ -192,6 +200,7 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
         report(f"preprocess {video.name}", done / n_stages)
         preprocess(video, out / "clips" / name_k, audio=audio, backend=backend, progress=False)
         clips.append(_embed_video(out / "clips" / name_k, video))
+        video_sha[name_k] = sha256_file(video)
         clip_dirs.append(out / "clips" / name_k)
         done += 1
 
@@ -217,7 +226,8 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
 
     manifest = SubjectManifest(
         name=name or out.name, clips=tuple(p.name for p in clip_dirs), variants=tuple(variants),
-        retrieval=True, neural=bool(neural), created=time.time(), sources=tuple(str(v) for v in videos))
+        retrieval=True, neural=bool(neural), created=time.time(), sources=tuple(str(v) for v in videos),
+        extras={"video_sha256": video_sha})
     old = _existing_manifest(out)
     if old is not None:  # keep variants trained earlier
         merged = tuple(v for v in ALL_VARIANTS if v in set(old.variants) | set(variants)
