@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from render_faces import background, face_image, face_points
+from render_faces import face_image, face_points
 from studio.errors import CancelledError
 from studio.face import layout
 from studio.render.compose import ComposeConfig, border_mask, compose_frame, export, face_mask, render_sequence
@@ -17,12 +17,7 @@ H, W, S = 240, 320, 128
 
 def _frames(t: int = 12):
     pts = np.stack([face_points(150 + i, 110, 28, opening=(i % 5) / 4) for i in range(t)])
-    frames = []
-    for p in pts:
-        f = background(H, W, seed=4)
-        face = face_image(p, H, W, seed=4)
-        frames.append(face)
-    return np.stack(frames), pts
+    return np.stack([face_image(p, H, W, seed=4) for p in pts]), pts
 
 
 def _dilated_face_box(track: CropTrack, pts: np.ndarray, i: int, pad: float = 6.0):
