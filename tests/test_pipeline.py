@@ -82,10 +82,17 @@ def _talk_points(talk):
     return layout.with_talking(pts, np.asarray(talk))
 
 
-def test_render_mp4(staged, pipe, tmp_path):
+@pytest.fixture(scope="module")
+def rendered(staged, pipe, tmp_path_factory):
     subject, speech, tpl, pred = staged
     lms = pipe.landmarks(pred, tpl, subject)
-    out = pipe.render(subject, tpl, speech, lms, tmp_path / "dub.mp4")
+    out = pipe.render(subject, tpl, speech, lms, tmp_path_factory.mktemp("dub") / "dub.mp4")
+    return lms, out
+
+
+def test_render_mp4(staged, pipe, rendered):
+    subject, speech, tpl, pred = staged
+    lms, out = rendered
     info = media.probe_video(out)
     assert abs(info.frames - speech.seconds * tpl.meta.fps) <= 1
     assert info.has_audio and (info.width, info.height) == (tpl.meta.width, tpl.meta.height)
@@ -139,3 +146,17 @@ def test_bad_inputs(pipe, tmp_path):
         pipe.template(subject, "no_such_clip")
     with pytest.raises(CheckpointError):
         pipe.subject(tmp_path)
+
+
+@pytest.mark.slow
+def test_sync_redetected_mouth_follows_prediction(rendered, tmp_path, weights_dir, monkeypatch):
+    """The video shows what the model predicted: re-detect landmarks on the output video."""
+    from studio.data.preprocess import preprocess
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+    lms, out = rendered
+    clip = preprocess(out, tmp_path / "redetected", progress=False)
+    seen = layout.mouth_opening(clip.landmarks) / clip.scale
+    predicted = layout.mouth_opening(lms.points) / clip.scale
+    r = np.corrcoef(seen, predicted)[0, 1]
+    assert r >= 0.8, r
