@@ -14,8 +14,9 @@ The last line printed is one JSON object. Units:
 - ``velocity_rmse`` (jitter): RMS over frame pairs and coordinates of the difference between
   the predicted and the true frame-to-frame motion, normalized units; ``velocity_rmse_px`` is
   the same per point in crop pixels per frame.
-- ``train_seconds`` from the checkpoint; ``inference_seconds_5min``: median wall time of one
-  ``predict`` over 7,500 frames (5 minutes at 25 fps) on this machine.
+- ``train_seconds`` (wall) and ``train_cpu_seconds`` (process CPU time, steadier on a shared
+  machine) from the checkpoint; ``inference_seconds_5min``: median wall time of one ``predict``
+  over 7,500 frames (5 minutes at 25 fps) on this machine.
 
 Targets: synthetic clips are compared with their noise-free ``gt_landmarks`` (normalized with
 the clip's own nose centre and face scale, as the inputs are); real clips with their detected
@@ -25,6 +26,7 @@ null for them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -129,26 +131,60 @@ def evaluate_model(model: MappingModel, clips: Sequence[Clip | ClipArrays],
 
 
 def evaluate(ckpt_dir: str | os.PathLike[str] | MappingModel, clips: Sequence[Clip | ClipArrays],
-             span: tuple[float, float] = (0.0, 1.0), timing: bool = True) -> dict[str, Any]:
-    """Load (if needed) and evaluate a checkpoint; adds variant, seed, training and inference time."""
+             span: tuple[float, float] = (0.0, 1.0), timing: bool = True,
+             threads: int | None = None) -> dict[str, Any]:
+    """Load (if needed) and evaluate a checkpoint; adds variant, seed, training and inference time.
+
+    ``threads``: torch CPU threads for the timing (None = the current setting).
+    """
     model = ckpt_dir if isinstance(ckpt_dir, MappingModel) else MappingModel.load(ckpt_dir)
     result = evaluate_model(model, clips, span)
     cfg = model.config
-    result.update(
-        variant=model.variant, seed=cfg.get("seed"), checkpoint=str(model.directory),
-        train_seconds=cfg.get("result", {}).get("train_seconds"),
-        epochs=cfg.get("result", {}).get("epochs"),
-        inference_seconds_5min=inference_seconds(model) if timing else None,
-    )
+    res = cfg.get("result", {})
+    result.update(variant=model.variant, seed=cfg.get("seed"), checkpoint=str(model.directory),
+                  train_seconds=res.get("train_seconds"), train_cpu_seconds=res.get("train_cpu_seconds"),
+                  epochs=res.get("epochs"), inference_seconds_5min=None)
+    if timing:
+        with torch_threads(threads):
+            result["inference_seconds_5min"] = inference_seconds(model)
+            result["inference_threads"] = _threads()
     return result
 
 
-def benchmark(frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5, preset: str = "cpu") -> dict[str, float]:
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Temporarily use ``n`` torch CPU threads (None or 0: leave the setting alone)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def benchmark(frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5, preset: str = "cpu",
+              threads: int | None = None, **_: Any) -> dict[str, float]:
     """Inference time of the cascade (ours), LSTM and BiLSTM on ``frames`` frames, median ms.
 
     Untrained networks of the preset's sizes (speed does not depend on the weights), one pass
-    over the whole sequence under ``torch.inference_mode`` with the current thread settings.
+    over the whole sequence under ``torch.inference_mode``, with ``threads`` torch threads
+    (None: the current setting; on a machine shared with other busy processes 1 thread is much
+    steadier than 2, whose OpenMP workers then wait on each other).
     """
+    with torch_threads(threads):
+        return _benchmark(frames, repeats, preset)
+
+
+def _benchmark(frames: int, repeats: int, preset: str) -> dict[str, float]:
     import torch
 
     from studio.models import build_model
@@ -181,11 +217,13 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--span", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
                         help="evaluate on this fraction of each clip's time, e.g. 0.8 1 (default: all)")
     parser.add_argument("--no-timing", action="store_true", help="skip the 5-minute inference timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the timing")
 
 
 def cli(args) -> int:
     from studio.train.mapping import load_clips
 
-    result = evaluate(Path(args.checkpoint), load_clips(args.clips), tuple(args.span), timing=not args.no_timing)
+    result = evaluate(Path(args.checkpoint), load_clips(args.clips), tuple(args.span), timing=not args.no_timing,
+                      threads=args.threads)
     print(json.dumps(result))
     return 0

@@ -378,7 +378,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     with _deterministic(tc.threads):
         while info["stopped"] is None:
             epoch = info["state_epoch"] + 1
-            t_start = time.perf_counter()
+            t_start, c_start = time.perf_counter(), time.process_time()
             rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(int(rng.integers(2**62)))
             order = data.train_index[rng.permutation(len(data.train_index))]
@@ -406,6 +406,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             else:
                 info["bad_epochs"] += 1
             info["elapsed"] += time.perf_counter() - t_start
+            info["cpu"] = info.get("cpu", 0.0) + time.process_time() - c_start
             record = {"epoch": epoch, "train_loss": tr_sum / tr_n, "val_loss": val_loss,
                       **{f"val_{k}": v for k, v in val.items() if k != "all"},
                       "best": improved, "seconds": info["elapsed"]}
@@ -431,6 +432,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
                  "train_windows": int(len(data.train_index))},
         "result": {"epochs": info["state_epoch"], "best_epoch": info["best_epoch"],
                    "best_val_loss": info["best_val"], "train_seconds": round(info["elapsed"], 3),
+                   "train_cpu_seconds": round(info.get("cpu", 0.0), 3),
                    "stopped": info["stopped"]},
     }
     write_json_atomic(out / ck.CONFIG_NAME, config)

@@ -209,13 +209,15 @@ class RendererTrainer:
 def read_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """state.json of a training-state folder; CheckpointError if missing or unreadable."""
     directory = Path(directory)
+    hint = f"Delete {directory} to start training afresh."
     try:
         state = json.loads((directory / "state.json").read_text())
-        int(state["step"]), state["model"], state["optimizers"]
-        return state
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{directory / 'state.json'} is missing or corrupt ({exc}).",
-                              f"Delete {directory} to start training afresh.") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory / 'state.json'} is missing or corrupt ({exc}).", hint) from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int)
+            and isinstance(state.get("model"), dict) and isinstance(state.get("optimizers"), dict)):
+        raise CheckpointError(f"{directory / 'state.json'} is corrupt (no step, model or optimizers).", hint)
+    return state
 
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
