@@ -76,7 +76,7 @@ def test_predict_edit_render(served):
     values = [0.0] * 13 + [1.0, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
     values[0] = 3.0
     values[13] = 2.0  # mouth opening gain
-    image2, _ = client.predict(5, *values, api_name="/edit")
+    image2 = client.predict(5, *values, api_name="/edit")
     after = np.asarray(_read_image(image2))
     assert before.shape == after.shape
     assert np.abs(before.astype(int) - after.astype(int)).sum() > 0
@@ -133,8 +133,15 @@ def test_user_mistakes_are_messages_and_server_keeps_serving(served, tmp_path):
     with pytest.raises(Exception) as info:
         client.predict(subject_path, handle_file(str(bad)), clip, None, "ours", api_name="/predict")
     assert "Traceback" not in str(info.value)
-    with pytest.raises(Exception, match="no trained"):
-        client.predict(subject_path, handle_file(str(speech)), clip, None, "lstm", api_name="/predict")
+    from studio.subject import ALL_VARIANTS
+
+    trained = json.loads((subject / "subject.json").read_text())["variants"]
+    untrained = [v for v in ALL_VARIANTS if v not in trained]
+    variant, message = (untrained[0], "no trained") if untrained else ("nope", "Unknown variant")
+    with pytest.raises(Exception, match=message):
+        client.predict(subject_path, handle_file(str(speech)), clip, None, variant, api_name="/predict")
+    with pytest.raises(Exception, match="not one of the studio's subjects"):
+        client.predict(str(tmp_path), handle_file(str(speech)), clip, None, "ours", api_name="/predict")
     # still serving
     out = client.predict(subject_path, handle_file(str(speech)), clip, None, "ours", api_name="/predict")
     assert "frames" in out[-1]

@@ -1,8 +1,8 @@
 """Test material for the studio UI tests: a tiny trained subject and speech files.
 
 ``tiny_subject(base)`` builds (once per pytest run: pass ``tmp_path_factory.getbasetemp()``) a
-complete subject folder from a short synthetic clip: preprocessed clip, an 'ours' mapping trained
-for two epochs, a retrieval pool and the manifest. Small enough to build in seconds; good enough
+complete subject folder from a short synthetic clip: preprocessed clip, 'ours' and 'no-pose'
+mappings trained for two epochs, a retrieval pool and the manifest. Small enough to build in seconds; good enough
 to exercise every handler (its predictions are not meant to be good).
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 SAMPLE = REPO / "presets" / "sample_subject"
+VARIANTS = ("ours", "no-pose")  # what the tiny subject has trained
 _lock = threading.Lock()
 
 
@@ -41,9 +42,11 @@ def tiny_subject(base: Path, seconds: float = 16.0, seed: int = 1) -> Path:
         if not (clip_dir / "clip.json").is_file():
             synthesize(clip_dir, seconds, seed, size=192)
         clip = Clip.load(clip_dir)
-        ckpt = train_mapping([clip], "ours", out / "mapping" / "ours", "cpu", 0, max_epochs=2)
-        RetrievalPool.build([clip], pca=MappingModel.load(ckpt).pca).save(out / "retrieval")
-        manifest = SubjectManifest(name="tiny", clips=("synth",), variants=("ours",), retrieval=True,
+        for variant in VARIANTS:
+            ckpt = train_mapping([clip], variant, out / "mapping" / variant, "cpu", 0, max_epochs=2)
+            if variant == "ours":
+                RetrievalPool.build([clip], pca=MappingModel.load(ckpt).pca).save(out / "retrieval")
+        manifest = SubjectManifest(name="tiny", clips=("synth",), variants=VARIANTS, retrieval=True,
                                    neural=False, created=time.time())
         write_json_atomic(out / MANIFEST, dataclasses.asdict(manifest))
     return out

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -77,7 +79,7 @@ def build():
                         summary = gr.Markdown(elem_id="summary")
                     with gr.Column(scale=2):
                         overlay = gr.Image(label="Landmarks: predicted (orange) over the template's own (cyan)",
-                                           type="numpy", format="png", height=400, interactive=False,
+                                           type="numpy", format="jpeg", height=400, interactive=False,
                                            elem_id="overlay")
                         with gr.Row():
                             frame = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="frame", scale=5)
@@ -89,7 +91,7 @@ def build():
                         reset_btn = gr.Button("Reset edits", size="sm")
                         save_btn = gr.Button("Save edits", size="sm")
                         load_btn = gr.UploadButton("Load edits", file_types=[".json"], size="sm")
-                        edits_file = gr.File(label="edits.json", height=60, scale=2)
+                        edits_file = gr.DownloadButton("Download edits.json", size="sm", elem_id="edits_file")
                     lo, hi = RANGES["pca_offsets"]
                     pca = []
                     gr.Markdown("Mouth PCA offsets (in standard deviations of each coefficient)")
@@ -137,9 +139,9 @@ def build():
                                                interactive=False, elem_id="preview_img")
                         video = gr.Video(label="Dubbed video", height=300, interactive=False, elem_id="video")
                     with gr.Row():
-                        video_file = gr.File(label="Download video", height=60)
-                        csv_btn = gr.Button("Landmarks CSV", size="sm")
-                        csv_file = gr.File(label="Download landmarks (CSV)", height=60)
+                        video_file = gr.DownloadButton("Download video", size="sm", elem_id="video_file")
+                        csv_btn = gr.Button("Make landmarks CSV", size="sm")
+                        csv_file = gr.DownloadButton("Download landmarks CSV", size="sm", elem_id="csv_file")
 
             # ---------------------------------------------------------------- Subject
             with gr.Tab("Subject", id="subject_tab"):
@@ -165,7 +167,7 @@ def build():
                                             interactive=False, height=200)
 
             # ---------------------------------------------------------------- Ablations
-            with gr.Tab("Ablations", id="ablations"):
+            with gr.Tab("Ablations", id="ablations") as ablations_tab:
                 with gr.Row():
                     a_subject = gr.Dropdown(subjects, value=first, label="Subject", allow_custom_value=True)
                     a_variants = gr.CheckboxGroup(all_variants, value=list(ALL_VARIANTS), label="Variants")
@@ -197,18 +199,19 @@ def build():
 
         # ---------------------------------------------------------------- wiring
         subject_outputs = [template_clip, variant, renderer, subject_md]
-        demo.load(h.subject_info, [subject], subject_outputs, api_name="init")
+        demo.load(h.subject_info, [subject], subject_outputs, api_name="init", show_progress="hidden")
         subject.input(h.subject_info, [subject], subject_outputs, api_name="subject_info")
         predict_btn.click(h.predict, [state, subject, speech, template_clip, template_upload, variant],
                           [state, frame, overlay, timeline_plot, summary], api_name="predict", **heavy).then(
             h.frame_range_limits, [state], [range_start, range_end], api_name="frame_range_limits")
-        frame.release(h.show_frame, [state, frame], [overlay, timeline_plot], api_name="show_frame", **light)
+        frame.release(h.show_frame, [state, frame], [overlay], api_name="show_frame", **light).then(
+            h.timeline_view, [state, frame], [timeline_plot], api_name="timeline", **light)
         play_btn.click(h.toggle_play, [playing], [playing, timer, play_btn], api_name="toggle_play")
         timer.tick(h.play_tick, [state, frame], [frame, overlay], api_name="play_tick", **light)
         edit_triggers = [c.release for c in controls if isinstance(c, gr.Slider)] + [
             c.input for c in controls if isinstance(c, gr.Checkbox)]
-        gr.on(edit_triggers, h.edit, [state, frame, *controls], [state, overlay, timeline_plot],
-              api_name="edit", **light)
+        gr.on(edit_triggers, h.edit, [state, frame, *controls], [state, overlay], api_name="edit", **light).then(
+            h.timeline_view, [state, frame], [timeline_plot], api_name="edit_timeline", **light)
         reset_btn.click(h.reset_edits, [state, frame], [state, *controls, overlay, timeline_plot],
                         api_name="reset_edits")
         save_btn.click(h.save_edits, [state], [edits_file], api_name="save_edits")
@@ -231,7 +234,8 @@ def build():
         s_cancel.click(h.cancel, [state], None, api_name="cancel_job")
 
         ablation_outputs = [a_table, a_fig, a_note, c_template, c_variants]
-        demo.load(h.ablation_subject, [a_subject], ablation_outputs, api_name="init_ablations")
+        ablations_tab.select(h.ablation_subject, [a_subject], ablation_outputs, api_name="init_ablations",
+                             show_progress="hidden")
         a_subject.input(h.ablation_subject, [a_subject], ablation_outputs, api_name="ablation_subject")
         a_show.click(h.ablation_results, [a_subject, a_variants], [a_table, a_fig, a_note], api_name="ablation_results")
         a_run.click(h.run_ablation, [state, a_subject, a_variants, a_seeds, a_epochs], [a_table, a_fig, a_note],
@@ -287,10 +291,38 @@ def launch_kwargs(**overrides) -> dict:
     return kw
 
 
-def launch(**overrides):
+def warm_up() -> None:
+    """Load what the first visitor would otherwise wait for: the pipeline, the preselected
+    subject and its 'ours' model (torch), pandas and plotly. Errors are only logged: the
+    handlers report them properly when a user gets there."""
+    t0 = time.perf_counter()
+    try:
+        from studio.ui import handlers as h
+        from studio.ui.session import discover_subjects, get_pipeline
+
+        entries = discover_subjects()
+        pipe = get_pipeline()
+        if entries:
+            subject = pipe.subject(entries[0].path)
+            if "ours" in subject.manifest.variants:
+                pipe.mapping(subject, "ours")
+        import pandas  # noqa: F401
+        import plotly.graph_objects  # noqa: F401
+
+        import studio.train.ablate  # noqa: F401
+        del h
+    except Exception as exc:
+        log.warning("warm-up failed (the studio still works; the first request will be slower): %s", exc)
+    log.info("studio warmed up in %.1f s", time.perf_counter() - t0)
+
+
+def launch(*, warm: bool = True, **overrides):
     """Build the studio and serve it; blocks unless ``prevent_thread_lock=True`` is passed. Returns
-    the running ``gr.Blocks`` (``.local_url``, ``.close()``)."""
+    the running ``gr.Blocks`` (``.local_url``, ``.close()``). ``warm``: load models in the
+    background right after the server starts (:func:`warm_up`)."""
     demo = build()
     demo.queue(default_concurrency_limit=4, max_size=64)
+    if warm:
+        threading.Thread(target=warm_up, name="studio-warm-up", daemon=True).start()
     demo.launch(**launch_kwargs(**overrides))
     return demo

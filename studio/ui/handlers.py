@@ -285,10 +285,18 @@ def timeline(state: DubState, frame: int | None = None):
 
 
 @user_errors
-def show_frame(state: DubState, frame: int):
-    """Frame slider released -> (overlay, timeline)."""
+def show_frame(state: DubState, frame: int) -> np.ndarray:
+    """Frame slider released -> the frame's overlay (the timeline follows in its own event)."""
     _need_prediction(state)
-    return frame_image(state, frame), timeline(state, frame)
+    return frame_image(state, frame)
+
+
+@user_errors
+def timeline_view(state: DubState, frame: int):
+    """The timeline of the session's prediction with ``frame`` marked (None before a prediction)."""
+    if state is None or state.lms is None:
+        return None
+    return timeline(state, frame)
 
 
 @user_errors
@@ -372,18 +380,19 @@ class EditControls:
 
 
 def apply_controls(state: DubState, frame: int, controls: EditControls):
-    """New edit values -> (state, overlay, timeline). Only the landmarks are recomputed."""
+    """New edit values -> (state, overlay). Only the landmarks are recomputed (no network, no
+    render); the timeline is redrawn by a following event so the overlay shows first."""
     _need_prediction(state)
     edits = controls.to_edits(state.edits)
     pipe, subject, tpl = _loaded(state)
     lms = pipe.landmarks(state.prediction, tpl, subject, edits)
     state = state.replace(edits=edits, lms=lms)
-    return state, frame_image(state, frame), timeline(state, frame)
+    return state, frame_image(state, frame)
 
 
 @user_errors
 def edit(state: DubState, frame: int, *values):
-    """Any edit control released (values in :class:`EditControls` order) -> (state, overlay, timeline)."""
+    """Any edit control released (values in :class:`EditControls` order) -> (state, overlay)."""
     return apply_controls(state, frame, EditControls.from_values(values))
 
 

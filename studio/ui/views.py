@@ -28,44 +28,51 @@ _TALK_CONTOURS = [c for c in layout.CONTOURS if c[0] in ("outer_lip", "inner_lip
 
 def overlay(face: np.ndarray, template_pts: np.ndarray, predicted_pts: np.ndarray,
             caption: str | None = None) -> np.ndarray:
-    """Draw on a copy of ``face`` (S, S, 3) uint8: the whole face (68 points of the template, thin),
-    the template's talking points (cyan rings) and the predicted ones (orange dots + lip lines).
+    """Draw on a copy of ``face`` (S, S, 3) uint8: the rest of the face (the template's other 39
+    points, small dots), the template's talking points (cyan rings and lines) and the predicted
+    ones (orange dots and lines), with a legend.
 
     template_pts, predicted_pts: (68, 2) in ``face`` pixels; only the 29 talking points of
     ``predicted_pts`` are drawn. Returns (S, S, 3) uint8.
     """
     img = np.ascontiguousarray(face.copy())
     s = img.shape[0]
-    r = max(2, int(round(s / 140)))
-    shift = 4
-    q = lambda p: np.round(np.asarray(p) * (1 << shift)).astype(np.int32)  # noqa: E731 (sub-pixel cv2)
+    shift = 4  # cv2 sub-pixel drawing: coordinates and radii in 1/16 px
+    one = 1 << shift
+    r = max(2.0, s / 150)
+    q = lambda p: np.round(np.asarray(p, np.float64) * one).astype(np.int32)  # noqa: E731
+    rad = lambda x: int(round(x * one))  # noqa: E731
     tpl = np.asarray(template_pts, np.float64)
     pred = np.asarray(predicted_pts, np.float64)
+    talking = set(layout.TALKING)
     for i in range(68):
-        if i not in layout.TALKING:
-            cv2.circle(img, tuple(q(tpl[i])), max(1, r // 2), OTHER, -1, cv2.LINE_AA, shift)
-    for _, idx, closed in _TALK_CONTOURS:
-        cv2.polylines(img, [q(tpl[list(idx)])], closed, TEMPLATE, 1, cv2.LINE_AA, shift)
-    cv2.polylines(img, [q(tpl[list(layout.JAW)])], False, TEMPLATE, 1, cv2.LINE_AA, shift)
+        if i not in talking:
+            cv2.circle(img, tuple(q(tpl[i])), rad(0.6 * r), OTHER, -1, cv2.LINE_AA, shift)
+    width = max(1, int(round(s / 300)))
+    for pts, colour in ((tpl, TEMPLATE), (pred, PREDICTED)):
+        for _, idx, closed in _TALK_CONTOURS:
+            cv2.polylines(img, [q(pts[list(idx)])], closed, colour, width, cv2.LINE_AA, shift)
+        cv2.polylines(img, [q(pts[list(layout.JAW)])], False, colour, width, cv2.LINE_AA, shift)
     for i in layout.TALKING:
-        cv2.circle(img, tuple(q(tpl[i])), r + 1, TEMPLATE, 1, cv2.LINE_AA, shift)
-    for _, idx, closed in _TALK_CONTOURS:
-        cv2.polylines(img, [q(pred[list(idx)])], closed, PREDICTED, max(1, r // 2), cv2.LINE_AA, shift)
-    cv2.polylines(img, [q(pred[list(layout.JAW)])], False, PREDICTED, max(1, r // 2), cv2.LINE_AA, shift)
+        cv2.circle(img, tuple(q(tpl[i])), rad(r + 1), TEMPLATE, width, cv2.LINE_AA, shift)
     for i in layout.TALKING:
-        cv2.circle(img, tuple(q(pred[i])), r, PREDICTED, -1, cv2.LINE_AA, shift)
-    scale = s / 600
-    y = int(22 * s / 384)
-    _label(img, "predicted", (8, y), PREDICTED, scale)
-    _label(img, "template", (8, 2 * y), TEMPLATE, scale)
+        cv2.circle(img, tuple(q(pred[i])), rad(r), PREDICTED, -1, cv2.LINE_AA, shift)
+    scale = s / 700
+    line = int(round(26 * s / 384))
+    _label(img, "predicted", (8, line), PREDICTED, scale)
+    _label(img, "template", (8, 2 * line), TEMPLATE, scale)
     if caption:
         _label(img, caption, (8, s - 10), (255, 255, 255), scale)
     return img
 
 
 def _label(img: np.ndarray, text: str, org: tuple[int, int], colour, scale: float) -> None:
+    """Text on a dark box (readable on any background). org: the text's bottom-left corner."""
     thick = max(1, int(round(2 * scale)))
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    x, y = org
+    x0, y0, x1, y1 = max(0, x - 3), max(0, y - h - 4), min(img.shape[1], x + w + 3), min(img.shape[0], y + base + 2)
+    img[y0:y1, x0:x1] = (img[y0:y1, x0:x1].astype(np.uint16) * 2 // 5).astype(np.uint8)
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
 
 

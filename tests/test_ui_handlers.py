@@ -1,0 +1,397 @@
+"""Every event handler of the studio, called directly (no server, no browser) on a tiny subject."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ui_support import VARIANTS, speech_wav, studio_env, tiny_subject, video_stats
+
+gr = pytest.importorskip("gradio")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    subject = tiny_subject(base)
+    mp = pytest.MonkeyPatch()
+    for k, v in studio_env(base / "handlers", subject).items():
+        mp.setenv(k, v)
+    from studio.ui import session
+
+    session.set_pipeline(None)
+    yield {"subject": str(subject.resolve()), "speech": str(speech_wav(base / "handlers" / "speech.wav", 3.0)),
+           "base": base / "handlers"}
+    session.set_pipeline(None)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def h(env):
+    from studio.ui import handlers
+
+    return handlers
+
+
+@pytest.fixture(scope="module")
+def predicted(env, h):
+    from studio.ui.session import DubState
+
+    return h.predict(DubState.new(), env["subject"], env["speech"], "synth", None, "ours")
+
+
+def _values(**changes) -> list:
+    from studio.ui.handlers import EditControls
+
+    return EditControls(**changes).values()
+
+
+# -- subjects --------------------------------------------------------------------------------------
+
+def test_subject_info_lists_clips_variants_renderers(env, h):
+    clips, variants, renderer, text = h.subject_info(env["subject"])
+    assert clips["choices"] == ["synth"] and clips["value"] == "synth"
+    assert [v for _, v in variants["choices"]] == list(VARIANTS) and variants["value"] == "ours"
+    assert renderer["choices"] == ["retrieval"]
+    assert "tiny" in text and "No pose" in text
+
+
+def test_subject_info_without_subject_and_unknown_folder(env, h, tmp_path):
+    clips, variants, _, text = h.subject_info(None)
+    assert clips["choices"] == [] and "Subject" in text
+    with pytest.raises(gr.Error, match="not one of the studio's subjects"):
+        h.subject_info(str(tmp_path))
+
+
+def test_refresh_subjects_keeps_the_current_choice(env, h):
+    update = h.refresh_subjects(env["subject"])
+    assert env["subject"] in [p for _, p in update["choices"]] and update["value"] == env["subject"]
+    assert h.refresh_subjects("/nowhere")["value"] == update["choices"][0][1]
+
+
+# -- predict and the viewer ------------------------------------------------------------------------
+
+def test_predict_returns_state_viewer_and_timeline(env, h, predicted):
+    state, slider, image, fig, summary = predicted
+    t = state.prediction.frames
+    assert t == round(3.0 * state.prediction.fps)
+    assert slider["maximum"] == t - 1 and slider["value"] == 0
+    assert image.dtype == np.uint8 and image.shape == (384, 384, 3)
+    names = {tr.name for tr in fig.data}
+    assert {"mouth opening", "jaw opening", "PC1", "PC13", "yaw", "pitch", "roll"} <= names
+    assert len(fig.data[0].x) == t
+    assert f"{t} frames" in summary
+    assert state.lms.points.shape == (t, 68, 2) and state.edits.is_identity
+
+
+def test_predict_user_mistakes_are_gr_errors(env, h, tmp_path):
+    import soundfile as sf
+
+    from studio.ui.session import DubState
+
+    st = DubState.new()
+    with pytest.raises(gr.Error, match="No speech"):
+        h.predict(st, env["subject"], None, "synth", None, "ours")
+    with pytest.raises(gr.Error, match="No subject"):
+        h.predict(st, None, env["speech"], "synth", None, "ours")
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(32000, np.float32), 16000)
+    with pytest.raises(gr.Error, match="silent"):
+        h.predict(st, env["subject"], str(silent), "synth", None, "ours")
+    with pytest.raises(gr.Error, match="no trained 'lstm'"):
+        h.predict(st, env["subject"], env["speech"], "synth", None, "lstm")
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    with pytest.raises(gr.Error, match="not an audio file"):
+        h.predict(st, env["subject"], str(bad), "synth", None, "ours")
+    corrupt = tmp_path / "broken.mp3"
+    corrupt.write_bytes(b"\x00" * 2000)
+    with pytest.raises(gr.Error) as info:
+        h.predict(st, env["subject"], str(corrupt), "synth", None, "ours")
+    assert "Traceback" not in str(info.value)
+
+
+def test_unexpected_errors_are_short_messages(h):
+    @h.user_errors
+    def boom():
+        raise KeyError("x")
+
+    with pytest.raises(gr.Error, match="Something went wrong .*KeyError"):
+        boom()
+
+
+def test_show_frame_and_timeline_mark_the_frame(env, h, predicted):
+    state = predicted[0]
+    a, b = h.show_frame(state, 0), h.show_frame(state, 40)
+    assert a.shape == b.shape and np.any(a != b)
+    fig = h.timeline_view(state, 40)
+    marks = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(marks) == 1 and marks[0].x0 == pytest.approx(40 / state.prediction.fps)
+    assert h.timeline_view(None, 0) is None
+    with pytest.raises(gr.Error, match="Nothing predicted"):
+        h.show_frame(None, 0)
+
+
+def test_play_tick_advances_and_wraps(env, h, predicted):
+    state = predicted[0]
+    nxt, img = h.play_tick(state, 5)
+    assert nxt == 6 and img.shape == (384, 384, 3)
+    assert h.play_tick(state, state.frames - 1)[0] == 0
+    playing, timer, button = h.toggle_play(False)
+    assert playing is True and button["value"] == "Pause"
+    assert h.toggle_play(True)[0] is False
+
+
+def test_frame_range_limits_follow_the_clip(env, h, predicted):
+    start, end = h.frame_range_limits(predicted[0])
+    assert start["maximum"] == predicted[0].frames - 1 and end["value"] == predicted[0].frames
+
+
+# -- edits -----------------------------------------------------------------------------------------
+
+def test_edit_controls_round_trip(h):
+    from studio.edits import Edits
+
+    e = Edits(pca_offsets=(0.5,) + (0.0,) * 12, pca_gains=(1.5,) + (1.0,) * 12, mouth_open_gain=1.3,
+              jaw_open_offset=0.1, close_on_silence=True, frame_range=(3, 20))
+    c = h.EditControls.from_edits(e, 50)
+    assert h.EditControls.from_values(c.values()) == c
+    assert c.to_edits(e) == e  # gains have no control: kept from the base
+    assert c.to_edits().pca_gains == (1.0,) * 13
+    with pytest.raises(Exception, match="empty"):
+        dataclasses.replace(c, range_start=20, range_end=20).to_edits()
+    with pytest.raises(ValueError):
+        h.EditControls.from_values([0.0] * 5)
+
+
+def test_edit_changes_only_the_landmarks(env, h, predicted):
+    state, _, image = predicted[:3]
+    new_state, img = h.edit(state, 0, *_values(pca_offsets=(3.0,) + (0.0,) * 12, mouth_open_gain=2.0))
+    assert new_state.prediction is state.prediction  # no network re-run
+    assert new_state.edits.mouth_open_gain == 2.0 and new_state.edits.pca_offsets[0] == 3.0
+    assert not np.allclose(new_state.lms.talk, state.lms.talk)
+    assert np.array_equal(new_state.lms.template, state.lms.template)
+    assert np.any(img != image)
+    # the identity edit gives back the unedited overlay
+    same_state, same = h.edit(state, 0, *_values())
+    assert np.array_equal(same, image) and same_state.edits.is_identity
+
+
+def test_edit_frame_range_only_touches_that_range(env, h, predicted):
+    state = predicted[0]
+    s2, _ = h.edit(state, 0, *_values(mouth_open_gain=2.5, jaw_open_gain=2.0, range_on=True, range_start=10,
+                                      range_end=30))
+    diff = np.abs(s2.lms.talk - state.lms.talk).max(axis=1)
+    assert diff[:10].max() == 0 and diff[30:].max() == 0 and diff[10:30].max() > 0
+    with pytest.raises(gr.Error, match="empty"):
+        h.edit(state, 0, *_values(range_on=True, range_start=30, range_end=10))
+
+
+def test_edit_before_predict_is_refused(env, h):
+    from studio.ui.session import DubState
+
+    with pytest.raises(gr.Error, match="Nothing predicted"):
+        h.edit(DubState.new(), 0, *_values(mouth_open_gain=2.0))
+
+
+def test_reset_save_and_load_edits(env, h, predicted, tmp_path):
+    state, _, image = predicted[:3]
+    edited, _ = h.edit(state, 0, *_values(pca_offsets=(0.0, 1.5) + (0.0,) * 11, temporal_smoothing=2.0))
+    path = h.save_edits(edited)
+    saved = json.loads(Path(path).read_text())
+    assert saved["pca_offsets"][1] == 1.5 and saved["temporal_smoothing"] == 2.0
+    assert Path(path).parent == edited.folder()
+
+    out = h.reset_edits(edited, 0)
+    reset_state, values, img = out[0], list(out[1:-2]), out[-2]
+    assert reset_state.edits.is_identity and values == _values(range_end=state.frames)
+    assert np.array_equal(img, image)
+
+    out = h.load_edits(reset_state, 0, path)
+    assert out[0].edits == edited.edits and out[1 + 1] == 1.5
+    assert np.allclose(out[0].lms.talk, edited.lms.talk)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"mouth_open_gain": 99}')
+    with pytest.raises(gr.Error, match="mouth_open_gain"):
+        h.load_edits(state, 0, str(bad))
+    with pytest.raises(gr.Error, match="No edits file"):
+        h.load_edits(state, 0, None)
+
+
+def test_load_edits_before_predict_sets_the_controls(env, h, tmp_path):
+    from studio.edits import Edits
+    from studio.ui.session import DubState
+
+    p = tmp_path / "e.json"
+    p.write_text(Edits(jaw_open_gain=1.5).to_json())
+    out = h.load_edits(DubState.new(), 0, str(p))
+    assert out[0].edits.jaw_open_gain == 1.5 and out[1 + 13 + 1] == 1.5
+
+
+# -- facial map, preview, render -------------------------------------------------------------------
+
+def test_facemap_follows_canny_thresholds(env, h, predicted):
+    state = predicted[0]
+    low = h.facemap(state, 10, 10, 40)
+    high = h.facemap(state, 10, 200, 250)
+    assert low.shape == (256, 256, 3) and low.dtype == np.uint8
+    assert np.count_nonzero(low[..., 0]) > np.count_nonzero(high[..., 0])
+    assert np.array_equal(low[..., 1:], high[..., 1:])  # only the edge channel depends on Canny
+    with pytest.raises(gr.Error, match="Canny low threshold"):
+        h.facemap(state, 10, 200, 100)
+
+
+def test_preview_frame_is_a_full_output_frame(env, h, predicted):
+    state = predicted[0]
+    img = h.preview_frame(state, 12, "retrieval", 50, 150)
+    tpl_meta = json.loads((Path(env["subject"]) / "clips" / "synth" / "clip.json").read_text())
+    assert img.shape == (tpl_meta["height"], tpl_meta["width"], 3)
+    with pytest.raises(gr.Error, match="no trained neural renderer"):
+        h.preview_frame(state, 12, "neural", 50, 150)
+
+
+def test_render_range_has_those_frames_and_their_speech(env, h, predicted):
+    state = predicted[0]
+    path = h.render_range(state, 10, 35, "retrieval", 50, 150)
+    stats = video_stats(Path(path))
+    assert stats["frames"] == 25 and stats["has_audio"]
+    assert abs(stats["audio_seconds"] - 25 / state.prediction.fps) < 0.1
+    assert Path(path).parent == state.folder()
+
+
+def test_render_full_writes_video_and_landmarks(env, h, predicted):
+    state = predicted[0]
+    edited, _ = h.edit(state, 0, *_values(mouth_open_gain=1.5))
+    new_state, video, download, csv = h.render_full(edited, "retrieval", 50, 150)
+    assert video == download and new_state.outputs[-1] == video
+    stats = video_stats(Path(video))
+    assert stats["frames"] == state.frames and stats["has_audio"]
+    assert abs(stats["duration"] - 3.0) < 0.1 and abs(stats["audio_seconds"] - 3.0) < 0.1
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert len(table) == state.frames and "x48" in table and "y67" in table
+    mouth = table[[f"y{i}" for i in range(48, 68)]].to_numpy()
+    assert np.allclose(mouth, edited.lms.points[:, 48:68, 1], atol=0.01)
+    assert Path(h.download_landmarks(edited)).is_file()
+
+
+def test_cancel_stops_a_render_and_leaves_no_file(env, h, predicted):
+    state = predicted[0]
+    before = set(state.folder().glob("dub-*"))
+
+    def progress(frac, desc=None):
+        h.cancel(state)  # the user presses Cancel while the first frames render
+
+    with pytest.raises(gr.Error, match="cancelled"):
+        h.render_full(state, "retrieval", 50, 150, progress=progress)
+    assert set(state.folder().glob("dub-*")) == before
+    # the next render starts afresh
+    assert Path(h.render_range(state, 0, 5, "retrieval", 50, 150)).is_file()
+
+
+# -- Subject tab -----------------------------------------------------------------------------------
+
+def test_build_subject_input_errors(env, h, tmp_path):
+    from studio.ui.session import DubState
+
+    with pytest.raises(gr.Error, match="No footage"):
+        list(h.build_subject(DubState.new(), [], "x", ["ours"], False, 0))
+    broken = tmp_path / "clip.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(gr.Error):
+        list(h.build_subject(DubState.new(), [str(broken)], "x", ["ours"], False, 0))
+    with pytest.raises(gr.Error, match="cannot be used"):
+        list(h.build_subject(DubState.new(), [env["subject"] + "/clips/synth/video.mp4"], "///", ["ours"], False, 0))
+
+
+def test_subject_progress_is_read_from_disk(tmp_path):
+    from studio.ui import jobs
+
+    out = tmp_path / "s"
+    p = jobs.subject_progress(out, 2, ["ours"], False)
+    assert p.fraction == 0 and "preprocessing" in p.stage
+    for name in ("a", "b"):
+        (out / "clips" / name).mkdir(parents=True)
+        (out / "clips" / name / "clip.json").write_text("{}")
+    state = out / "mapping" / "ours" / ".train_state"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text(json.dumps({"history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0}]}))
+    p = jobs.subject_progress(out, 2, ["ours"], False, max_epochs=10)
+    assert 0.5 < p.fraction < 0.75 and "epoch 1" in p.stage and p.histories["ours"][0]["val_loss"] == 2.0
+    (out / "subject.json").write_text("{}")
+    assert jobs.subject_progress(out, 2, ["ours"], False).fraction == 1.0
+
+
+def test_a_job_can_be_cancelled(tmp_path):
+    from studio.ui import jobs
+
+    job = jobs.start("test-session", ["synth", "--out", str(tmp_path / "c"), "--seconds", "600", "--seed", "0"],
+                     tmp_path / "job.log")
+    with pytest.raises(RuntimeError):
+        jobs.start("test-session", ["--help"], tmp_path / "other.log")
+    assert jobs.cancel("test-session")
+    assert not job.running and job.cancelled and job.returncode != 0
+    assert not (tmp_path / "c" / "clip.json").exists()
+
+
+# -- Ablations tab ---------------------------------------------------------------------------------
+
+def _write_results(directory: Path) -> None:
+    import pandas as pd
+
+    from studio.train.ablate import aggregate
+
+    rows = [{"variant": v, "seed": s, "mouth_mse": 0.01 * (k + 1) + 0.001 * s, "jaw_mse": 0.02 + 0.001 * s,
+             "train_seconds": 10.0 + s, "inference_seconds_5min": 0.5, "mouth_rmse_px": 3.0, "jaw_rmse_px": 4.0,
+             "velocity_rmse_px": 1.0, "epochs": 5}
+            for k, v in enumerate(("no-pose", "ours", "lstm")) for s in range(3)]
+    directory.mkdir(parents=True, exist_ok=True)
+    aggregate(pd.DataFrame(rows)).to_csv(directory / "table.csv", index=False)
+
+
+def test_ablation_results_table_and_figure(env, h):
+    from studio.ui.handlers import ablation_dir
+
+    d = ablation_dir(env["subject"])
+    table, fig, note = h.ablation_results(env["subject"])
+    if table is None:
+        assert "Run ablation" in note
+    _write_results(d)
+    table, fig, note = h.ablation_results(env["subject"])
+    assert list(table["model"]) == ["No pose", "Ours", "LSTM"]
+    assert "±" in table["Mouth MSE"][1]
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert bars and bars[0].error_y.array is not None
+    table, _, _ = h.ablation_results(env["subject"], ["ours"])
+    assert list(table["model"]) == ["Ours"]
+    out = h.ablation_subject(env["subject"])
+    assert out[3]["choices"] == ["synth"] and [v for _, v in out[4]["choices"]] == list(VARIANTS)
+
+
+def test_run_ablation_input_errors(env, h):
+    from studio.ui.session import DubState
+
+    with pytest.raises(gr.Error, match="No variants"):
+        list(h.run_ablation(DubState.new(), env["subject"], [], 1, 1))
+    with pytest.raises(gr.Error, match="No subject"):
+        list(h.run_ablation(DubState.new(), None, ["ours"], 1, 1))
+
+
+def test_compare_variants_side_by_side(env, h):
+    from studio.ui.session import DubState
+
+    overlay, rendered = h.compare_variants(DubState.new(), env["subject"], env["speech"], "synth", list(VARIANTS),
+                                           True)
+    a, b = video_stats(Path(overlay)), video_stats(Path(rendered))
+    assert a["frames"] == b["frames"] == round(3.0 * a["fps"])
+    assert a["width"] == 2 * a["height"] and a["has_audio"] and b["has_audio"]
+    with pytest.raises(gr.Error, match="at least two"):
+        h.compare_variants(DubState.new(), env["subject"], env["speech"], "synth", ["ours"], False)
+    with pytest.raises(gr.Error, match="no trained"):
+        h.compare_variants(DubState.new(), env["subject"], env["speech"], "synth", ["ours", "bilstm"], False)
