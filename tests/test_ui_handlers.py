@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +396,47 @@ def test_compare_variants_side_by_side(env, h):
         h.compare_variants(DubState.new(), env["subject"], env["speech"], "synth", ["ours"], False)
     with pytest.raises(gr.Error, match="no trained"):
         h.compare_variants(DubState.new(), env["subject"], env["speech"], "synth", ["ours", "bilstm"], False)
+
+
+# -- the training jobs for real (child processes) ---------------------------------------------------
+
+@pytest.fixture()
+def tiny_preset(tmp_path, monkeypatch):
+    from studio.config import PRESETS_DIR
+
+    text = (PRESETS_DIR / "cpu.toml").read_text()
+    text = re.sub(r"(?m)^max_epochs = \d+", "max_epochs = 2", text)
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    monkeypatch.setenv("STUDIO_TRAIN_PRESET", str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_build_subject_from_real_footage(env, h, shared, tiny_preset, monkeypatch):
+    from studio.subject import Subject
+    from studio.ui.session import DubState, user_subjects_dir
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(shared / "weights"))
+    video = shared / "media" / "video" / "obama_clip1.mp4"  # 20 s; its speech is the .wav beside it
+    updates = list(h.build_subject(DubState.new(), [str(video)], "obama test", ["ours"], False, 0))
+    status, loss, sample, dropdown = updates[-1]
+    assert "is ready" in status and sample is None
+    folder = user_subjects_dir() / "obama_test"
+    assert dropdown["value"] == str(folder.resolve())
+    assert [t for t in loss.data if t.name.startswith("ours")]
+    subject = Subject.load(folder)
+    assert subject.manifest.variants == ("ours",) and subject.manifest.retrieval
+    # the new subject dubs
+    state = h.predict(DubState.new(), str(folder), env["speech"], None, None, "ours")[0]
+    assert state.frames == round(3.0 * state.prediction.fps)
+
+
+@pytest.mark.slow
+def test_run_ablation_writes_table_1(env, h, tiny_preset):
+    from studio.ui.session import DubState
+
+    updates = list(h.run_ablation(DubState.new(), env["subject"], ["ours", "no-pose"], 1, 1))
+    table, fig, note = updates[-1]
+    assert sorted(table["model"]) == ["No pose", "Ours"] and "Results from" in note
+    assert any(t.type == "bar" for t in fig.data)

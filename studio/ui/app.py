@@ -173,12 +173,13 @@ def build():
                     a_variants = gr.CheckboxGroup(all_variants, value=list(ALL_VARIANTS), label="Variants")
                 with gr.Row():
                     a_seeds = gr.Number(3, precision=0, label="seeds", min_width=80)
-                    a_epochs = gr.Number(None, precision=0, label="max epochs (empty: preset)", min_width=80)
+                    a_epochs = gr.Number(0, precision=0, label="max epochs (0: the preset's)", min_width=80)
                     a_show = gr.Button("Show results")
                     a_run = gr.Button("Run ablation", variant="primary")
                     a_cancel = gr.Button("Cancel", variant="stop")
                 a_note = gr.Markdown()
-                a_table = gr.Dataframe(label="Table 1 (mean ± std over seeds)", interactive=False)
+                a_table = gr.Dataframe(headers=["model", "Mouth MSE", "Jaw MSE", "Train (s)", "Infer 5 min (s)", "seeds"],
+                                       label="Table 1 (mean ± std over seeds)", interactive=False)
                 a_fig = gr.Plot(label="Table 1 as bars (error bars: std over seeds)")
                 gr.Markdown("### Side by side\nThe same speech driven by several variants, on one template.")
                 with gr.Row():
@@ -190,9 +191,10 @@ def build():
                         c_variants = gr.CheckboxGroup(all_variants, value=[v for _, v in trained][:2],
                                                       label="Variants (trained ones)")
                         c_render = gr.Checkbox(False, label="Also render the clips (slower)")
-                        c_btn = gr.Button("Compare", variant="primary")
+                        c_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                 with gr.Row():
-                    c_overlay = gr.Video(label="Predicted landmarks, side by side", interactive=False)
+                    c_overlay = gr.Video(label="Predicted landmarks, side by side", interactive=False,
+                                         elem_id="compare_overlay")
                     c_rendered = gr.Video(label="Rendered, side by side", interactive=False)
 
         timer = gr.Timer(0.12, active=False)

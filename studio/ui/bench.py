@@ -104,6 +104,10 @@ def drive(driver, url: str, speech: str | None = None, screenshots: str | os.Pat
         driver.execute("window.scrollTo(0, 0)")
         driver.screenshot(shots / "dub.png")
 
+    driver.click(driver.wait_for("#preview"))
+    _wait(driver, "const i = document.querySelector('#preview_img img'); return i && i.complete && i.naturalWidth > 0;",
+          timeout, "the preview frame")
+
     t = time.perf_counter()
     driver.click(driver.wait_for("#render"))
     _wait(driver, "const v = document.querySelector('#video video');"
@@ -115,12 +119,21 @@ def drive(driver, url: str, speech: str | None = None, screenshots: str | os.Pat
         time.sleep(0.3)
         driver.screenshot(shots / "dub_render.png")
 
-    for tab, name in (("Subject", "subject"), ("Ablations", "ablations")):
-        _click_tab(driver, tab)
+    _click_tab(driver, "Subject")
+    time.sleep(0.5)
+    if shots:
+        driver.execute("window.scrollTo(0, 0)")
+        driver.screenshot(shots / "subject.png")
+    _click_tab(driver, "Ablations")
+    t = time.perf_counter()
+    driver.click(driver.wait_for("#compare"))
+    _wait(driver, "const v = document.querySelector('#compare_overlay video'); return v && v.src && v.readyState >= 1;",
+          timeout, "the side-by-side comparison")
+    out["compare_s"] = time.perf_counter() - t
+    if shots:
+        driver.execute("document.querySelector('#compare').scrollIntoView({block: 'center'})")
         time.sleep(0.5)
-        if shots:
-            driver.execute("window.scrollTo(0, 0)")
-            driver.screenshot(shots / f"{name}.png")
+        driver.screenshot(shots / "ablations.png")
     _click_tab(driver, "Dub")
     out["requested_urls"] = driver.requested_urls()
     return out

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,11 @@ from studio.ui.session import (
 )
 
 log = logging.getLogger(__name__)
+
+def train_preset() -> str:
+    """The training preset the studio's jobs use (STUDIO_TRAIN_PRESET: a name or a .toml path)."""
+    return os.environ.get("STUDIO_TRAIN_PRESET", "cpu")
+
 
 SHORT_RANGE_FRAMES = 50  # default length of "Render range"
 PREFETCH_FRAMES = 25  # frames decoded ahead while playing
@@ -558,7 +564,8 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
         media.check_video(media.probe_video(v))
     out = user_subjects_dir() / folder
     state = state or DubState.new()
-    args = [*[str(v) for v in videos], "--out", str(out), "--variants", ",".join(variants), "--name", name or folder]
+    args = [*[str(v) for v in videos], "--out", str(out), "--variants", ",".join(variants), "--name", name or folder,
+            "--preset", train_preset()]
     if neural:
         args += ["--neural"] + (["--neural-steps", str(int(neural_steps))] if neural_steps else [])
     try:
@@ -568,12 +575,16 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
                          "Wait for it to finish or press Cancel.") from None
     from studio.train.mapping import settings_for
 
-    max_epochs = settings_for("ours").train.max_epochs
-    for _ in jobs.poll(job):
-        p = jobs.subject_progress(out, len(videos), variants, bool(neural), max_epochs)
-        progress(p.fraction, desc=p.stage)
-        yield (f"Building **{folder}** in `{out}`: {p.stage}", views.loss_figure(p.histories), p.sample,
-               gr.skip())
+    max_epochs = settings_for("ours", train_preset()).train.max_epochs
+    try:
+        for _ in jobs.poll(job):
+            p = jobs.subject_progress(out, len(videos), variants, bool(neural), max_epochs)
+            progress(p.fraction, desc=p.stage)
+            yield (f"Building **{folder}** in `{out}`: {p.stage}", views.loss_figure(p.histories), p.sample,
+                   gr.skip())
+    finally:  # the page went away (the generator was closed): do not leave the job running
+        if job.running:
+            job.cancel()
     if job.cancelled:
         raise CancelledError("Building the subject was cancelled.",
                              "Press Build again with the same name to resume where it stopped.")
@@ -659,7 +670,8 @@ def run_ablation(state: DubState, subject_dir: str | None, variants: Sequence[st
     subject = get_pipeline().subject(subject_dir)
     out = user_subjects_dir().parent / "ablations" / safe_name(Path(subject_dir).name)
     clip_dirs = [str(subject.directory / "clips" / c) for c in subject.manifest.clips]
-    args = ["ablate", *clip_dirs, "--seeds", str(int(seeds or 1)), "--out", str(out), "--variants", *variants]
+    args = ["ablate", *clip_dirs, "--seeds", str(int(seeds or 1)), "--out", str(out), "--preset", train_preset(),
+            "--variants", *variants]
     if max_epochs:
         args += ["--max-epochs", str(int(max_epochs))]
     state = state or DubState.new()
@@ -669,10 +681,14 @@ def run_ablation(state: DubState, subject_dir: str | None, variants: Sequence[st
         raise InputError("A training job is already running in this session.",
                          "Wait for it to finish or press Cancel.") from None
     n_models = len(variants) * int(seeds or 1)
-    for _ in jobs.poll(job, interval=2.0):
-        frac, text = jobs.ablation_progress(out, n_models)
-        progress(frac, desc=text)
-        yield gr.skip(), gr.skip(), f"Running: {text}."
+    try:
+        for _ in jobs.poll(job, interval=2.0):
+            frac, text = jobs.ablation_progress(out, n_models)
+            progress(frac, desc=text)
+            yield gr.skip(), gr.skip(), f"Running: {text}."
+    finally:
+        if job.running:
+            job.cancel()
     if job.cancelled:
         raise CancelledError("The ablation run was cancelled.", "Run it again to resume (finished models are kept).")
     if job.returncode != 0:

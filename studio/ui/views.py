@@ -58,9 +58,9 @@ def overlay(face: np.ndarray, template_pts: np.ndarray, predicted_pts: np.ndarra
     for i in layout.TALKING:
         cv2.circle(img, tuple(q(pred[i])), rad(r), PREDICTED, -1, cv2.LINE_AA, shift)
     scale = s / 700
-    line = int(round(26 * s / 384))
-    _label(img, "predicted", (8, line), PREDICTED, scale)
-    _label(img, "template", (8, 2 * line), TEMPLATE, scale)
+    line = int(round(24 * s / 384))
+    _label(img, "predicted", (8, int(1.5 * line)), PREDICTED, scale)
+    _label(img, "template", (8, int(2.5 * line)), TEMPLATE, scale)
     if caption:
         _label(img, caption, (8, s - 10), (255, 255, 255), scale)
     return img
@@ -141,7 +141,7 @@ def timeline_figure(fps: float, mouth: np.ndarray, jaw: np.ndarray, coefs: np.nd
     if frame is not None:
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": frame / fps, "x1": frame / fps,
                        "y0": 0, "y1": 1, "line": {"color": "red", "width": 2}})
-    layout = {"height": 560, "margin": {"l": 40, "r": 10, "t": 30, "b": 40}, "uirevision": "timeline",
+    layout = {"height": 560, "margin": {"l": 40, "r": 10, "t": 50, "b": 40}, "uirevision": "timeline",
               "legend": {"font": {"size": 10}}, "shapes": shapes,
               "xaxis": {"anchor": "y3", "domain": [0, 1], "title": {"text": "time (s)"}},
               "annotations": [{"text": title, "xref": "paper", "yref": "paper", "x": 0.5, "y": dom[1],
