@@ -62,6 +62,7 @@ from studio.face.layout import (
 )
 
 RANGE_RAMP_FRAMES = 4  # frames over which a frame-range edit eases in and out
+MAX_EDITS_BYTES = 1_000_000  # an edits file is a few hundred bytes; anything this big is not one
 JAW_REST_PERCENTILE = 5.0  # the chin distance counted as "jaw closed" for the jaw gain
 
 # Positions within the 29 talking points (0-19 mouth = iBUG 48-67, 20-28 jaw = iBUG 4-12).
@@ -205,22 +206,28 @@ class Edits:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Edits":
-        """Parse JSON text; see :meth:`from_dict`."""
+        """Parse JSON text (bytes: UTF-8/16/32, with or without a BOM); see :meth:`from_dict`."""
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"Edits are not valid JSON: {exc}.", "Fix the file's syntax.") from exc
+        except RecursionError:  # "[[[[..." deeper than the parser's recursion limit
+            raise InputError("Edits are not valid JSON: nested too deeply.",
+                             "Use a flat object such as {\"mouth_open_gain\": 1.2}.") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Edits":
-        """Read an edits JSON file."""
+        """Read an edits JSON file (at most :data:`MAX_EDITS_BYTES`)."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            if p.stat().st_size > MAX_EDITS_BYTES:
+                raise InputError(f"{p.name} is too large for an edits file ({p.stat().st_size} bytes).",
+                                 "Upload the edits.json saved by 'Save edits' (a few hundred bytes).")
+            data = p.read_bytes()  # bytes: json detects UTF-16/32 and a BOM itself
         except OSError as exc:
-            raise InputError(f"Cannot read edits file {p}: {exc.strerror}.", "Check the path.") from exc
-        return cls.from_json(text)
+            raise InputError(f"Cannot read edits file {p.name}: {exc.strerror}.", "Check the path.") from exc
+        return cls.from_json(data)
 
 
 def _range_text(name: str) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from studio import media
 from studio.audio import SAMPLE_RATE, features_for_video, frame_energy
 from studio.edits import Edits, apply_edits, closed_mouth_shape
-from studio.errors import CancelledError, InputError, StudioError
+from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face import layout
 from studio.fsutil import sha256_file
 from studio.manager import ModelManager
@@ -153,7 +153,13 @@ class Pipeline:
         from studio.train.checkpoint import MappingModel
 
         path = subject.mapping_dir(variant).resolve()
-        return self.manager.get(("mapping", str(path)), lambda device: MappingModel.load(path))
+        model = self.manager.get(("mapping", str(path)), lambda device: MappingModel.load(path))
+        if model.variant != variant:  # a checkpoint copied into the wrong folder
+            raise CheckpointError(f"Subject {subject.name!r}: mapping/{variant} holds a {model.variant!r} "
+                                  f"checkpoint, not {variant!r}.",
+                                  f"Re-train it with `python -m studio make-subject ... --variants {variant}` "
+                                  "or restore the folder.")
+        return model
 
     def retrieval(self, subject: Subject):
         from studio.render.retrieval import RetrievalRenderer
