@@ -440,3 +440,41 @@ def test_run_ablation_writes_table_1(env, h, tiny_preset):
     table, fig, note = updates[-1]
     assert sorted(table["model"]) == ["No pose", "Ours"] and "Results from" in note
     assert any(t.type == "bar" for t in fig.data)
+
+
+def test_speech_over_the_limit_is_refused(env, h):
+    from studio import media
+    from studio.pipeline import Pipeline, PipelineConfig
+    from studio.ui import session
+    from studio.ui.session import DubState
+
+    small = Pipeline(config=PipelineConfig(limits=media.MediaLimits(max_audio_seconds=1.0)),
+                     work_dir=env["base"] / "limited")
+    session.set_pipeline(small)
+    try:
+        with pytest.raises(gr.Error, match="limit|longer|too long"):
+            h.predict(DubState.new(), env["subject"], env["speech"], "synth", None, "ours")
+    finally:
+        session.set_pipeline(None)
+
+
+@pytest.mark.slow
+def test_uploaded_template_is_tracked_and_a_faceless_one_refused(env, h, shared, monkeypatch, tmp_path):
+    from studio import media
+    from studio.ui.session import DubState
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(shared / "weights"))
+    video = shared / "media" / "video" / "katie_hill.mp4"
+    state, slider, image, _, summary = h.predict(DubState.new(), env["subject"], env["speech"], "synth", str(video),
+                                                 "ours")
+    info = media.probe_video(video)
+    assert state.template == str(video) and "katie_hill" in summary
+    assert state.lms.template.shape == (round(3.0 * info.fps), 68, 2)
+    assert state.lms.template[:, :, 0].max() <= info.width and image.shape == (384, 384, 3)
+
+    blank = tmp_path / "wall.mp4"
+    with media.VideoWriter(blank, 25, (128, 128)) as w:
+        for k in range(50):
+            w.write(np.full((128, 128, 3), 90 + k, np.uint8))
+    with pytest.raises(gr.Error, match="(?i)face"):
+        h.predict(DubState.new(), env["subject"], env["speech"], "synth", str(blank), "ours")
