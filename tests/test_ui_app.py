@@ -50,9 +50,12 @@ def _path(value) -> str:
 def test_page_and_api_are_served(served):
     import httpx
 
-    demo, _, _ = served
+    demo, subject, _ = served
     page = httpx.get(demo.local_url, timeout=30)
     assert page.status_code == 200 and "Lip Sync Studio" in page.text
+    # files outside the work folder and gradio's own cache are not served
+    for path in (Path(__file__).resolve().parent.parent / "pyproject.toml", subject / "subject.json"):
+        assert httpx.get(f"{demo.local_url}gradio_api/file={path}", timeout=30).status_code in (403, 404)
     info = _client(demo).view_api(print_info=False, return_format="dict")
     names = set(info["named_endpoints"])
     for name in ("/predict", "/edit", "/show_frame", "/reset_edits", "/save_edits", "/load_edits", "/facemap",

@@ -60,6 +60,7 @@ def test_studio_in_a_browser(browser, served, tmp_path):
     assert re.search(r"\d+ frames", seen["summary"])
     assert seen["slider_value"] > 0  # the click moved PC1 off zero ...
     assert seen["overlay_changed_pixels"] > 0  # ... and the overlay image changed
+    assert seen["played_to_frame"] >= 3  # Play advanced the frame slider
     speech_seconds = float(re.search(r"\(([\d.]+) s of speech\)", seen["summary"]).group(1))
     assert abs(seen["video_duration_s"] - speech_seconds) < 0.2
     assert any("/gradio_api/" in u for u in urls)

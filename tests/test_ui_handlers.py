@@ -105,6 +105,8 @@ def test_predict_user_mistakes_are_gr_errors(env, h, tmp_path):
         h.predict(st, env["subject"], str(silent), "synth", None, "ours")
     with pytest.raises(gr.Error, match="no trained 'lstm'"):
         h.predict(st, env["subject"], env["speech"], "synth", None, "lstm")
+    with pytest.raises(gr.Error, match="has no clip"):
+        h.predict(st, env["subject"], env["speech"], "/etc/hostname", None, "ours")
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     with pytest.raises(gr.Error, match="not an audio file"):

@@ -104,6 +104,12 @@ def drive(driver, url: str, speech: str | None = None, screenshots: str | os.Pat
         driver.execute("window.scrollTo(0, 0)")
         driver.screenshot(shots / "dub.png")
 
+    play = driver.wait_for("#play")
+    driver.click(play)
+    _wait(driver, "return Number(document.querySelector('#frame input[type=number]').value) >= 3", 60, "playback")
+    driver.click(play)
+    out["played_to_frame"] = int(driver.execute("return Number(document.querySelector('#frame input[type=number]').value)"))
+
     driver.click(driver.wait_for("#preview"))
     _wait(driver, "const i = document.querySelector('#preview_img img'); return i && i.complete && i.naturalWidth > 0;",
           timeout, "the preview frame")

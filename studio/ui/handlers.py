@@ -177,8 +177,15 @@ def refresh_subjects(current: str | None = None):
 
 # -- predict ----------------------------------------------------------------------------------------
 
-def _template_key(template_clip: str | None, template_upload: str | None) -> str | None:
-    return template_upload or template_clip or None
+def _template_key(subject, template_clip: str | None, template_upload: str | None) -> str | None:
+    """What :meth:`Pipeline.template` gets: the upload (a file gradio received), else a clip name,
+    which must be one of the subject's (never a server path typed into the API)."""
+    if template_upload:
+        return template_upload
+    if template_clip and template_clip not in subject.manifest.clips:
+        raise InputError(f"Subject {subject.name!r} has no clip {template_clip!r}.",
+                         f"Pick one of {list(subject.manifest.clips)} or upload a template video.")
+    return template_clip or None
 
 
 @user_errors
@@ -194,7 +201,7 @@ def predict(state: DubState, subject_dir: str | None, speech: str | None, templa
     subject = pipe.subject(subject_dir)
     progress(0.15, desc="reading speech")
     sp = pipe.speech(speech)
-    which = _template_key(template_clip, template_upload)
+    which = _template_key(subject, template_clip, template_upload)
     progress(0.3, desc="preparing template" + (" (tracking the face in the upload)" if template_upload else ""))
     tpl = pipe.template(subject, which)
     variant = variant or "ours"
@@ -713,7 +720,7 @@ def compare_variants(state: DubState, subject_dir: str | None, speech: str | Non
         raise CheckpointError(f"Subject {subject.name!r} has no trained {', '.join(VARIANT_LABELS[v] for v in missing)} "
                               "model.", "Train it in the Subject tab (pick the variant) or untick it.")
     sp = pipe.speech(speech)
-    tpl = pipe.template(subject, template_clip or None)
+    tpl = pipe.template(subject, _template_key(subject, template_clip, None))
     lms_all = []
     for k, v in enumerate(variants):
         progress(0.1 * k / len(variants), desc=f"predicting ({VARIANT_LABELS[v]})")
