@@ -115,7 +115,8 @@ def test_sessions_do_not_share_state(served):
     saved_a = json.loads(Path(_path(a.predict(api_name="/save_edits"))).read_text())
     saved_b = json.loads(Path(_path(b.predict(api_name="/save_edits"))).read_text())
     assert saved_a["mouth_open_gain"] == 1.5 and saved_b["mouth_open_gain"] == 1.0
-    assert Path(_path(a.predict(api_name="/save_edits"))).parent != Path(_path(b.predict(api_name="/save_edits"))).parent
+    folder_a = Path(_path(a.predict(api_name="/save_edits"))).parent
+    assert folder_a != Path(_path(b.predict(api_name="/save_edits"))).parent
 
 
 def test_user_mistakes_are_messages_and_server_keeps_serving(served, tmp_path):

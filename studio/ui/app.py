@@ -178,8 +178,8 @@ def build():
                     a_run = gr.Button("Run ablation", variant="primary")
                     a_cancel = gr.Button("Cancel", variant="stop")
                 a_note = gr.Markdown()
-                a_table = gr.Dataframe(headers=["model", "Mouth MSE", "Jaw MSE", "Train (s)", "Infer 5 min (s)", "seeds"],
-                                       label="Table 1 (mean ± std over seeds)", interactive=False)
+                a_table = gr.Dataframe(headers=["model", "Mouth MSE", "Jaw MSE", "Train (s)", "Infer 5 min (s)",
+                                                "seeds"], label="Table 1 (mean ± std over seeds)", interactive=False)
                 a_fig = gr.Plot(label="Table 1 as bars (error bars: std over seeds)")
                 gr.Markdown("### Side by side\nThe same speech driven by several variants, on one template.")
                 with gr.Row():

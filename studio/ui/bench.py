@@ -76,7 +76,8 @@ def drive(driver, url: str, speech: str | None = None, screenshots: str | os.Pat
     out["page_interactive_s"] = _wait(
         driver, "const m = document.querySelector('#subject') && document.body.innerText.includes('clip(s)');"
                 " return m ? performance.now() / 1000 : null;", timeout, "the page to load")
-    if speech and not driver.execute("return !!document.querySelector('#speech audio, #speech [data-testid=download-link]')"):
+    has_speech = "return !!document.querySelector('#speech audio, #speech [data-testid=download-link]')"
+    if speech and not driver.execute(has_speech):
         driver.send_keys(driver.wait_for("#speech input[type=file]"), str(speech))
         _wait(driver, "return !!document.querySelector('#speech [data-testid=download-link]')", timeout, "the upload")
 
@@ -108,7 +109,8 @@ def drive(driver, url: str, speech: str | None = None, screenshots: str | os.Pat
     driver.click(play)
     _wait(driver, "return Number(document.querySelector('#frame input[type=number]').value) >= 3", 60, "playback")
     driver.click(play)
-    out["played_to_frame"] = int(driver.execute("return Number(document.querySelector('#frame input[type=number]').value)"))
+    out["played_to_frame"] = int(driver.execute(
+        "return Number(document.querySelector('#frame input[type=number]').value)"))
 
     driver.click(driver.wait_for("#preview"))
     _wait(driver, "const i = document.querySelector('#preview_img img'); return i && i.complete && i.naturalWidth > 0;",

@@ -30,7 +30,7 @@ import gradio as gr
 import numpy as np
 
 from studio import media
-from studio.edits import RANGES, Edits, VadConfig, jaw_opening, mouth_opening, voice_activity_from_energy
+from studio.edits import Edits, VadConfig, jaw_opening, mouth_opening, voice_activity_from_energy
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face.layout import MOUTH_DIM, PCA_DIM
 from studio.subject import ALL_VARIANTS, VARIANT_LABELS
@@ -230,7 +230,7 @@ def _check_audio_name(path: str) -> None:
 
 
 def _loaded(state: DubState):
-    """(pipeline, subject, template, speech) of a predicted state, from the shared caches."""
+    """(pipeline, subject, template clip) of a predicted state, from the shared caches."""
     _need_prediction(state)
     pipe = get_pipeline()
     subject = pipe.subject(state.subject_dir)
@@ -605,13 +605,19 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
 
 # -- Ablations tab ----------------------------------------------------------------------------------
 
-def ablation_dir(subject_dir: str) -> Path:
-    """Where a subject's ablation results live: its own ablation/ folder if it has one (bundled
-    subjects ship theirs), else a folder beside the user's subjects."""
-    own = Path(subject_dir) / "ablation"
-    if (own / "table.csv").is_file():
-        return own
+def ablation_run_dir(subject_dir: str) -> Path:
+    """Where the studio's ablation runs of a subject write (beside the user's subjects)."""
     return user_subjects_dir().parent / "ablations" / safe_name(Path(subject_dir).name)
+
+
+def ablation_dir(subject_dir: str) -> Path:
+    """Where a subject's Table 1 is read from: the studio's own run if there is one, else the
+    subject's ablation/ folder (a bundled subject may ship its results), else the run folder."""
+    run = ablation_run_dir(subject_dir)
+    own = Path(subject_dir) / "ablation"
+    if not (run / "table.csv").is_file() and (own / "table.csv").is_file():
+        return own
+    return run
 
 
 def _table_view(table):
@@ -675,7 +681,7 @@ def run_ablation(state: DubState, subject_dir: str | None, variants: Sequence[st
     if not variants:
         raise InputError("No variants picked.", "Tick at least one model to train.")
     subject = get_pipeline().subject(subject_dir)
-    out = user_subjects_dir().parent / "ablations" / safe_name(Path(subject_dir).name)
+    out = ablation_run_dir(subject_dir)
     clip_dirs = [str(subject.directory / "clips" / c) for c in subject.manifest.clips]
     args = ["ablate", *clip_dirs, "--seeds", str(int(seeds or 1)), "--out", str(out), "--preset", train_preset(),
             "--variants", *variants]
@@ -717,8 +723,9 @@ def compare_variants(state: DubState, subject_dir: str | None, speech: str | Non
     subject = pipe.subject(subject_dir)
     missing = [v for v in variants if v not in subject.manifest.variants]
     if missing:
-        raise CheckpointError(f"Subject {subject.name!r} has no trained {', '.join(VARIANT_LABELS[v] for v in missing)} "
-                              "model.", "Train it in the Subject tab (pick the variant) or untick it.")
+        names = ", ".join(VARIANT_LABELS[v] for v in missing)
+        raise CheckpointError(f"Subject {subject.name!r} has no trained {names} model.",
+                              "Train it in the Subject tab (pick the variant) or untick it.")
     sp = pipe.speech(speech)
     tpl = pipe.template(subject, _template_key(subject, template_clip, None))
     lms_all = []

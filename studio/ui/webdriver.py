@@ -148,7 +148,8 @@ class WebDriver:
         """Mouse press and release at (dx, dy) px from the element's centre (a real user's click)."""
         self._call("POST", "/actions", {"actions": [{
             "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-            "actions": [{"type": "pointerMove", "duration": 0, "origin": {ELEMENT: element}, "x": int(dx), "y": int(dy)},
+            "actions": [{"type": "pointerMove", "duration": 0, "origin": {ELEMENT: element},
+                         "x": int(dx), "y": int(dy)},
                         {"type": "pointerDown", "button": 0}, {"type": "pointerUp", "button": 0}]}]})
         self._call("DELETE", "/actions")
 
