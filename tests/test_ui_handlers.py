@@ -327,7 +327,13 @@ def test_subject_progress_is_read_from_disk(tmp_path):
     (state / "state.json").write_text(json.dumps({"history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0}]}))
     p = jobs.subject_progress(out, 2, ["ours"], False, max_epochs=10)
     assert 0.5 < p.fraction < 0.75 and "epoch 1" in p.stage and p.histories["ours"][0]["val_loss"] == 2.0
-    (out / "subject.json").write_text("{}")
+    (out / "mapping" / "ours" / "config.json").write_text("{}")
+    p = jobs.subject_progress(out, 2, ["ours"], False)
+    assert p.stage == "building the retrieval pool" and p.fraction == 0.75
+    (out / "subject.json").write_text("{}")  # an earlier build's manifest: not done yet
+    assert jobs.subject_progress(out, 2, ["ours"], False).fraction < 1.0
+    (out / "retrieval").mkdir()
+    (out / "retrieval" / "pool.json").write_text("{}")
     assert jobs.subject_progress(out, 2, ["ours"], False).fraction == 1.0
 
 

@@ -151,17 +151,17 @@ def build():
                             "Cancel stops the job; Build with the same name resumes it.")
                 with gr.Row():
                     with gr.Column():
-                        s_files = gr.File(file_count="multiple", file_types=["video"], label="Footage")
-                        s_name = gr.Textbox(label="Subject name", placeholder="e.g. anna")
+                        s_files = gr.File(file_count="multiple", file_types=["video"], label="Footage", elem_id="footage")
+                        s_name = gr.Textbox(label="Subject name", placeholder="e.g. anna", elem_id="subject_name")
                         s_variants = gr.CheckboxGroup(all_variants, value=["ours"], label="Mapping models to train")
                         with gr.Row():
                             s_neural = gr.Checkbox(False, label="Also train the neural renderer (slow on CPU)")
                             s_steps = gr.Number(2000, precision=0, label="neural renderer steps")
                         with gr.Row():
-                            build_btn = gr.Button("Build subject", variant="primary")
+                            build_btn = gr.Button("Build subject", variant="primary", elem_id="build")
                             s_cancel = gr.Button("Cancel", variant="stop")
                     with gr.Column():
-                        s_status = gr.Markdown()
+                        s_status = gr.Markdown(elem_id="build_status")
                         s_loss = gr.Plot(label="Training loss")
                         s_sample = gr.Image(label="Neural renderer samples (map | output | real)", type="filepath",
                                             interactive=False, height=200)
@@ -269,25 +269,28 @@ def theme():
 
 def launch_kwargs(**overrides) -> dict:
     """Arguments for ``Blocks.launch``: offline-safe, local, narrow file access."""
-    from studio.ui.session import work_dir
+    from studio.ui.session import get_pipeline, work_dir
 
-    work = work_dir()
-    work.mkdir(parents=True, exist_ok=True)
+    # Only the sessions' outputs: the work folder also holds other users' uploaded templates'
+    # caches (pipeline.work_dir/templates), which must not be fetchable by URL.
+    outputs = work_dir() / "sessions"
+    outputs.mkdir(parents=True, exist_ok=True)
+    limits = get_pipeline().config.limits
     kw = dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         share=False,
-        allowed_paths=[str(work)],
+        allowed_paths=[str(outputs)],
         footer_links=["api"],
         enable_monitoring=False,
         mcp_server=False,
         ssr_mode=False,
         pwa=False,
         run_history=False,
-        max_file_size="1000mb",
+        max_file_size=int(limits.max_file_mb * 1e6),  # refused by gradio before it is stored
         theme=theme(),
         css=CSS,
-        quiet=True,
+        quiet=False,  # `python app.py` prints the URL
     )
     kw.update(overrides)
     return kw

@@ -567,8 +567,9 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
     if not folder:
         raise InputError(f"{name!r} cannot be used as a subject name.", "Use letters, digits, '-' or '_'.")
     variants = [v for v in (variants or ["ours"]) if v in ALL_VARIANTS] or ["ours"]
+    limits = get_pipeline().config.limits
     for v in videos:
-        media.check_video(media.probe_video(v))
+        media.check_video(media.probe_video(v), limits)
     out = user_subjects_dir() / folder
     state = state or DubState.new()
     args = [*[str(v) for v in videos], "--out", str(out), "--variants", ",".join(variants), "--name", name or folder,

@@ -145,32 +145,34 @@ def subject_progress(out_dir: str | os.PathLike[str], n_videos: int, variants: S
     """How far a make-subject job in ``out_dir`` has come, from the files it wrote."""
     out = Path(out_dir)
     n_stages = n_videos + len(variants) + 1 + int(neural)
-    clips = len(list(out.glob("clips/*/clip.json")))
-    done = min(clips, n_videos)
-    stage = f"preprocessing footage ({done}/{n_videos})"
+    clips = min(len(list(out.glob("clips/*/clip.json"))), n_videos)
+    done: float = clips
+    stage = f"preprocessing footage ({clips}/{n_videos})" if clips < n_videos else ""
     histories = {}
     for v in variants:
         hist = training_history(out / "mapping" / v)
         histories[v] = hist
         if (out / "mapping" / v / "config.json").is_file():
             done += 1
-        elif hist:
-            done += min(0.99, len(hist) / max_epochs)
-            stage = f"training mapping '{v}': epoch {len(hist)}"
-    if (out / "retrieval" / "pool.json").is_file():
-        done += 1
-        stage = "retrieval pool built"
+            continue
+        done += min(0.99, len(hist) / max_epochs)
+        if not stage:
+            stage = f"training mapping '{v}': epoch {len(hist)}" if hist else f"training mapping '{v}'"
+    pool = (out / "retrieval" / "pool.json").is_file()
+    done += int(pool)
+    if not stage and not pool:
+        stage = "building the retrieval pool"
     sample = None
     if neural:
         samples = sorted((out / "neural" / "samples").glob("*.jpg"))
         sample = str(samples[-1]) if samples else None
         if (out / "neural" / "renderer.json").is_file():
             done += 1
-        elif samples:
-            stage = f"training neural renderer ({samples[-1].stem})"
-    if (out / "subject.json").is_file():
+        elif not stage:
+            stage = "training the neural renderer" + (f" ({samples[-1].stem})" if samples else "")
+    if (out / "subject.json").is_file() and done >= n_stages:
         return SubjectProgress(1.0, "done", histories, sample)
-    return SubjectProgress(min(0.99, done / n_stages), stage, histories, sample)
+    return SubjectProgress(min(0.99, done / n_stages), stage or "finishing", histories, sample)
 
 
 def ablation_progress(out_dir: str | os.PathLike[str], n_models: int) -> tuple[float, str]:

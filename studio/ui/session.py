@@ -114,9 +114,11 @@ def get_pipeline():
     with _pipeline_lock:
         if _pipeline is None:
             from studio.manager import ModelManager
-            from studio.pipeline import Pipeline
+            from studio.media import MediaLimits
+            from studio.pipeline import Pipeline, PipelineConfig
 
-            _pipeline = Pipeline(ModelManager(), work_dir=work_dir())
+            config = PipelineConfig(limits=MediaLimits.from_env())  # STUDIO_MAX_* (see MediaLimits)
+            _pipeline = Pipeline(ModelManager(), config, work_dir=work_dir())
         return _pipeline
 
 
