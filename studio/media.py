@@ -36,6 +36,7 @@ about 30 ms; encoding 720p (libx264 veryfast, crf 18) about 150 frames/s.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
@@ -495,6 +496,23 @@ def read_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.clip(x, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def probe_audio_seconds(path: PathLike) -> float | None:
+    """An audio file's (or a video container's) duration from its header, without decoding it,
+    so that limits are checked before the work; None when the header does not tell. libsndfile
+    clamps a header that promises more samples than the file holds to what is there."""
+    import soundfile as sf
+
+    p = _check_file(path, "audio")
+    try:
+        info = sf.info(str(p))
+        if info.samplerate > 0:
+            return info.frames / info.samplerate
+    except Exception:  # not a format libsndfile reads: ask ffmpeg's demuxer
+        pass
+    proc = _run_ffmpeg(["-i", str(p)], timeout=60)
+    return _parse_streams(proc.stderr.decode("utf-8", "replace")).container_seconds
+
+
 def wav_bytes(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """(S,) float in [-1, 1] (values beyond are clipped) -> a 16-bit PCM mono wav file's bytes."""
     x = np.asarray(signal, dtype=np.float32)
@@ -724,9 +742,31 @@ class MediaLimits:
     max_height: int = 3840
     max_audio_seconds: float = 600.0
 
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "MediaLimits":
+        """The defaults, overridden by ``STUDIO_MAX_FILE_MB``, ``STUDIO_MAX_VIDEO_SECONDS``,
+        ``STUDIO_MAX_WIDTH``, ``STUDIO_MAX_HEIGHT``, ``STUDIO_MAX_AUDIO_SECONDS`` (how a hosted
+        studio is configured); InputError for a value that is not a positive number."""
+        env = os.environ if environ is None else environ
+        values: dict[str, float | int] = {}
+        for f in dataclasses.fields(cls):
+            name = f"STUDIO_{f.name.upper()}"
+            if env.get(name, "").strip():
+                try:
+                    value = float(env[name])
+                except ValueError:
+                    value = float("nan")
+                if not (math.isfinite(value) and value > 0):
+                    raise InputError(f"{name}={env[name]!r} is not a positive number.",
+                                     f"Set {name} to a positive number or unset it (default {f.default}).")
+                values[f.name] = int(value) if f.type in (int, "int") else value
+        return cls(**values)
+
 
 def check_file_size(path: PathLike, limits: MediaLimits = MediaLimits()) -> None:
-    """LimitError if the file is larger than ``limits.max_file_mb``."""
+    """LimitError if the file is larger than ``limits.max_file_mb`` (InputError if it is missing)."""
+    if not Path(path).is_file():
+        _check_file(path, "input")  # raises: missing, or a folder
     mb = Path(path).stat().st_size / 1e6
     if mb > limits.max_file_mb:
         raise LimitError(f"{Path(path).name} is {mb:.0f} MB; the limit is {limits.max_file_mb:g} MB.",

@@ -185,6 +185,9 @@ class Pipeline:
         """Decode and check speech; cached by file content."""
         p = Path(path)
         media.check_file_size(p, self.config.limits)
+        header_seconds = media.probe_audio_seconds(p)  # before decoding: a 2-hour file is refused at once
+        if header_seconds is not None:
+            media.check_audio_seconds(header_seconds, self.config.limits)
         sha = sha256_file(p)
 
         def make() -> Speech:

@@ -394,9 +394,12 @@ class EditControls:
 
 def apply_controls(state: DubState, frame: int, controls: EditControls):
     """New edit values -> (state, overlay). Only the landmarks are recomputed (no network, no
-    render); the timeline is redrawn by a following event so the overlay shows first."""
-    _need_prediction(state)
+    render); the timeline is redrawn by a following event so the overlay shows first. Before a
+    prediction the edits are only kept (Predict applies them)."""
+    state = state or DubState.new()
     edits = controls.to_edits(state.edits)
+    if state.lms is None:
+        return state.replace(edits=edits), gr.skip()
     pipe, subject, tpl = _loaded(state)
     lms = pipe.landmarks(state.prediction, tpl, subject, edits)
     state = state.replace(edits=edits, lms=lms)
