@@ -109,12 +109,14 @@ def test_sessions_do_not_share_state(served):
     a.predict(subject_path, handle_file(str(speech)), clip, None, "ours", api_name="/predict")
     values = [0.0] * 13 + [1.5, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
     a.predict(0, *values, api_name="/edit")
-    # b never predicted: its edit is refused, and its saved edits are the identity
+    # b never predicted and has its own edits; a's are untouched by b's
     with pytest.raises(Exception, match="Nothing predicted yet"):
-        b.predict(0, *values, api_name="/edit")
+        b.predict(0, api_name="/show_frame")
+    values[13] = 1.2
+    b.predict(0, *values, api_name="/edit")
     saved_a = json.loads(Path(_path(a.predict(api_name="/save_edits"))).read_text())
     saved_b = json.loads(Path(_path(b.predict(api_name="/save_edits"))).read_text())
-    assert saved_a["mouth_open_gain"] == 1.5 and saved_b["mouth_open_gain"] == 1.0
+    assert saved_a["mouth_open_gain"] == 1.5 and saved_b["mouth_open_gain"] == 1.2
     folder_a = Path(_path(a.predict(api_name="/save_edits"))).parent
     assert folder_a != Path(_path(b.predict(api_name="/save_edits"))).parent
 

@@ -194,11 +194,14 @@ def test_edit_frame_range_only_touches_that_range(env, h, predicted):
         h.edit(state, 0, *_values(range_on=True, range_start=30, range_end=10))
 
 
-def test_edit_before_predict_is_refused(env, h):
+def test_edits_before_predict_are_kept_and_applied_by_predict(env, h, predicted):
     from studio.ui.session import DubState
 
-    with pytest.raises(gr.Error, match="Nothing predicted"):
-        h.edit(DubState.new(), 0, *_values(mouth_open_gain=2.0))
+    state, image = h.edit(DubState.new(), 0, *_values(mouth_open_gain=2.0))
+    assert state.edits.mouth_open_gain == 2.0 and state.lms is None
+    state = h.predict(state, env["subject"], env["speech"], "synth", None, "ours")[0]
+    assert state.edits.mouth_open_gain == 2.0
+    assert not np.allclose(state.lms.talk, predicted[0].lms.talk)
 
 
 def test_reset_save_and_load_edits(env, h, predicted, tmp_path):
