@@ -264,7 +264,7 @@ def test_perfect_prediction_scores_zero():
 
     clip = tiny_clip(100, 3, synthetic=True)
     res = evaluate_model(Oracle(clip), [clip])
-    assert res["target"] == "ground_truth" and res["frames"] == 100
+    assert res["target"] == "gt" and res["frames"] == 100
     for key in ("mouth_mse", "jaw_mse", "mouth_rmse_px", "jaw_rmse_px", "velocity_rmse", "velocity_rmse_px"):
         assert res[key] == 0.0, key
     # the detected (noisy) points are NOT the target of a synthetic clip
@@ -334,3 +334,28 @@ def test_cli_train_evaluate_and_ablate(tmp_path, clips, capsys):
     assert jaw_row.count("n/a") == 2
     assert table.set_index("variant").loc["lstm", "jaw_mse_mean"] is None or np.isnan(
         table.set_index("variant").loc["lstm", "jaw_mse_mean"])
+
+
+def test_evaluation_targets(tmp_path, trained):
+    model = ck.MappingModel.load(trained)
+    clip = tiny_clip(100, 4, synthetic=True)
+    gt = evaluate_model(model, [clip], target="gt")
+    det = evaluate_model(model, [clip], target="detected")
+    assert gt["target"] == "gt"
+    assert det["target"] == "detected" and det["mouth_mse"] != gt["mouth_mse"]
+    assert evaluate_model(model, [clip])["mouth_mse"] == gt["mouth_mse"]  # auto = gt for synthetic
+    with pytest.raises(InputError):
+        evaluate_model(model, [tiny_clip(100, 4)], target="gt")
+    with pytest.raises(InputError):
+        evaluate_model(model, [clip], target="visible")  # no synth_truth.npz in memory
+
+
+def test_visible_target_on_a_synthetic_clip(tmp_path, trained):
+    from studio.data.synth import synthesize
+
+    clip = synthesize(tmp_path / "syn", 4.0, 0, render=False)
+    model = ck.MappingModel.load(trained)
+    gt = evaluate_model(model, [clip], span=(0.5, 1.0), target="gt")
+    vis = evaluate_model(model, [clip], span=(0.5, 1.0), target="visible")
+    assert vis["frames"] == gt["frames"] == 50
+    assert vis["mouth_mse"] == pytest.approx(gt["mouth_mse"], rel=1e-6)  # hidden points are jaw-contour only

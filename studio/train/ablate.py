@@ -7,7 +7,8 @@ bilstm) with N seeds each, all on the same split, and writes
     DIR/table.csv     one row per variant: mean and standard deviation over seeds
     DIR/table.md      the paper's Table 1 layout (mean ± std), plus pixel and jitter rows
     DIR/figure.html   plotly bar charts with error bars (std over seeds)
-    DIR/models/V/seedS/  the checkpoints (a re-run skips the finished ones and resumes the rest)
+    DIR/models/V/seedS/  the checkpoints (a re-run skips the finished ones and resumes the rest;
+                      --models-dir puts them elsewhere, e.g. to share them between targets)
 
 Split: with ``--test CLIP_DIR...`` the models train on all of the CLIP_DIRs and are tested on the
 held-out test clips; otherwise each clip's first (1 - test_fraction) of time trains (its last
@@ -49,8 +50,14 @@ ROWS = (("mouth_mse", "Mouth MSE", True), ("jaw_mse", "Jaw MSE", True),
 def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 3, preset: str = "cpu", *,
            test_clips: Sequence[Clip] | None = None, test_fraction: float = 0.2,
            variants: Sequence[str] = TABLE_ORDER, progress: bool = False, timing: bool = True,
-           threads: int | None = None, **train_overrides: Any):
-    """Train + evaluate ``variants`` x ``seeds``; write the tables and figure; return table (DataFrame)."""
+           threads: int | None = None, target: str = "auto", models_dir: str | os.PathLike[str] | None = None,
+           **train_overrides: Any):
+    """Train + evaluate ``variants`` x ``seeds``; write the tables and figure; return table (DataFrame).
+
+    ``target``: what to compare with (see ``studio.train.evaluate.TARGETS``). ``models_dir``: where
+    the checkpoints live (default out_dir/models); finished ones are reused, so a second table
+    against another target costs only the evaluation.
+    """
     import pandas as pd
     from tqdm import tqdm
 
@@ -70,12 +77,13 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
         train_span, test_span, tests = (0.0, 1.0 - test_fraction), (1.0 - test_fraction, 1.0), list(clips)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    models = Path(models_dir) if models_dir is not None else out / "models"
     rows = []
     jobs = [(v, s) for s in range(seeds) for v in variants]  # a whole first seed comes first
     for variant, seed in tqdm(jobs, desc="ablation", unit="model", disable=not progress):
-        ckpt = train_mapping(clips, variant, out / "models" / variant / f"seed{seed}", preset, seed,
+        ckpt = train_mapping(clips, variant, models / variant / f"seed{seed}", preset, seed,
                              span=train_span, progress=progress, **train_overrides)
-        result = evaluate(ckpt, tests, test_span, timing=timing, threads=threads)
+        result = evaluate(ckpt, tests, test_span, timing=timing, threads=threads, target=target)
         log.info("%s seed %d: mouth %.4g jaw %s train %.0f s", variant, seed, result["mouth_mse"],
                  result["jaw_mse"], result["train_seconds"])
         rows.append({"variant": variant, **{k: result.get(k) for k in ("seed", *METRICS, "frames", "target")}})
@@ -84,7 +92,8 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
     table = aggregate(runs)
     _write_csv(out / "table.csv", table)
     with atomic_path(out / "table.md") as tmp:
-        tmp.write_text(markdown_table(table, seeds=seeds, split=_split_text(test_clips, test_fraction)))
+        split = _split_text(test_clips, test_fraction) + f" Evaluation target: {'/'.join(sorted(set(runs['target'])))}."
+        tmp.write_text(markdown_table(table, seeds=seeds, split=split))
     with atomic_path(out / "figure.html") as tmp:
         figure(table).write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
     return table
@@ -184,6 +193,9 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--variants", nargs="+", default=list(TABLE_ORDER), choices=VARIANTS)
     parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's max_epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the inference timing")
+    parser.add_argument("--target", default="auto", choices=("auto", "gt", "visible", "detected"),
+                        help="evaluation target (see `studio evaluate --help`)")
+    parser.add_argument("--models-dir", default=None, help="checkpoint folder (default OUT/models; reused)")
 
 
 def cli(args) -> int:
@@ -191,7 +203,8 @@ def cli(args) -> int:
 
     table = ablate(load_clips(args.clips), args.out, args.seeds, args.preset,
                    test_clips=load_clips(args.test) if args.test else None, test_fraction=args.test_fraction,
-                   variants=args.variants, progress=True, threads=args.threads, max_epochs=args.max_epochs)
+                   variants=args.variants, progress=True, threads=args.threads, target=args.target,
+                   models_dir=args.models_dir, max_epochs=args.max_epochs)
     print(json.dumps({"out": args.out, "variants": list(table["variant"]),
                       "mouth_mse": dict(zip(table["variant"], table["mouth_mse_mean"]))}))
     return 0

@@ -129,11 +129,12 @@ def mapping_loss(pred_coef, pred_talk, coef, talk, cfg: LossConfig, dims: slice 
     return {"all": total, "l2": l2, "pca": pca, "int": inter}
 
 
-def forward_physical(net, batch: dict, norm: ck.NormStats, pca_t: tuple) -> tuple:
+def forward_physical(net, batch: dict, pca_t: tuple) -> tuple:
     """Run the net on a standardized batch; return (coef, talk) in physical units (B, T, 13/58).
 
-    For mouth-only baselines the talk vector's mouth part is the PCA inverse of the coefficients
-    and the jaw part the training mean.
+    pca_t = (coef_std, talk_mean, talk_std, pca_mean, pca_components) tensors. For mouth-only
+    baselines the talk vector's mouth part is the PCA inverse of the coefficients and the jaw
+    part the training mean.
     """
     import torch
 
@@ -305,7 +306,7 @@ def evaluate_windows(net, data: PreparedData, index: np.ndarray, lc: LossConfig,
         for i in range(0, len(index), 64):
             sub = index[i:i + 64]
             batch = make_batch(data, sub, tc.window)
-            coef, talk = forward_physical(net, batch, data.norm, pca_t)
+            coef, talk = forward_physical(net, batch, pca_t)
             terms = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(sub)
@@ -387,7 +388,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             for i in range(0, len(order), tc.batch_size):
                 sub = order[i:i + tc.batch_size]
                 batch = make_batch(data, sub, tc.window)
-                coef, talk = forward_physical(net, batch, n, pca_t)
+                coef, talk = forward_physical(net, batch, pca_t)
                 loss = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)["all"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
