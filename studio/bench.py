@@ -1,9 +1,11 @@
 """``python -m studio bench --out REPORT.json``: speed and memory of every stage, one report.
 
 Runs in one process (the end-to-end dub in a child process, so that its peak memory is its own):
-feature extraction, media decode/encode, landmark preprocessing fps, mapping inference (cascade vs
-LSTM vs BiLSTM on 5 minutes of audio), renderer fps (retrieval; neural at 256 and 720), end-to-end
-dub real-time factor and peak memory; GPU figures when CUDA is present. Writes REPORT.json and a
+feature extraction, media decode/encode, synthetic data generation, landmark preprocessing fps,
+mapping inference (cascade vs LSTM vs BiLSTM on 5 minutes of audio), edits, renderer fps (retrieval;
+neural at 256 and 720), end-to-end dub real-time factor and peak memory, and the studio's own timings
+on the bundled sample (render click to video, slider to overlay, page load); GPU figures when CUDA
+is present. Writes REPORT.json and a
 markdown table beside it (REPORT.md).
 
 Benchmarks read real footage from the shared test material (``--shared``, default
@@ -108,6 +110,13 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False) -> d
 
     _stage("mapping_inference", mapping_stage, report)
 
+    def edits_stage() -> dict:
+        from studio.edits import benchmark
+
+        return benchmark(5.0)
+
+    _stage("edits_5min", edits_stage, report)
+
     def retrieval_stage() -> dict:
         from studio.render.retrieval import benchmark
 
@@ -132,6 +141,13 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False) -> d
                 _stage("dub_60s_720p", lambda: dub_child(subject, speech_dir / "english_60s_16k.wav",
                                                           video if video.exists() else None, Path(tmp) / "b.mp4"),
                        report)
+    def studio_stage() -> dict:
+        from studio.ui.bench import benchmark
+
+        return benchmark(browser=not quick)
+
+    _stage("studio_ui_sample", studio_stage, report)
+
     report["peak_rss_mb_bench_process"] = round(_peak_rss_mb(), 1)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomic(out, report)
