@@ -316,7 +316,11 @@ class Pipeline:
     def render_frames(self, subject: Subject, template, lms: Landmarks, renderer: str = "retrieval",
                       start: int = 0, stop: int | None = None, *, facemap_cfg=None,
                       cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
-        """Full output frames ``start..stop`` (RGB uint8, template resolution), streamed."""
+        """Full output frames ``start..stop`` (RGB uint8, template resolution), streamed.
+
+        A failure names the output frame it happened at; a template video that ends early (changed
+        or damaged since it was preprocessed) is an InputError, never a silently shorter video.
+        """
         from studio.render.compose import render_sequence
 
         stop = lms.points.shape[0] if stop is None else min(stop, lms.points.shape[0])
@@ -324,11 +328,28 @@ class Pipeline:
             raise InputError(f"Frame range {start}..{stop} is empty.", f"Pick frames in 0..{lms.points.shape[0] - 1}.")
         engine = self.renderer(subject, renderer)
         frames = self.template_frames(template, lms.frame_index, start, stop)
-        for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
-                                     size=self.config.render_size, facemap_cfg=facemap_cfg):
-            if cancel is not None and cancel.is_set():
-                raise CancelledError("Rendering was cancelled.", "Start it again when ready.")
-            yield frame
+        i = start
+        try:
+            for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
+                                         size=self.config.render_size, facemap_cfg=facemap_cfg):
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("Rendering was cancelled.", "Start it again when ready.")
+                yield frame
+                i += 1
+        except CancelledError:
+            raise
+        except StudioError as exc:
+            raise type(exc)(f"Rendering stopped at frame {i} of {stop}: {exc.message}", exc.hint) from exc
+        except Exception as exc:
+            log.exception("rendering failed at output frame %d of %d", i, stop)
+            raise StudioError(f"Rendering failed at frame {i} of {stop} ({type(exc).__name__}: {str(exc)[:200]}).",
+                              "No video was written. Try the other renderer or another template; if it "
+                              "happens again, report it with the server log.") from exc
+        if i < stop:
+            raise InputError(f"The template video {Path(template.video_path).name} ended at frame "
+                             f"{int(lms.frame_index[i])}, before output frame {i} of {stop}.",
+                             "It changed or was damaged after it was prepared: upload it again, or "
+                             "rebuild the subject.")
 
     def preview_frame(self, subject: Subject, template, lms: Landmarks, i: int,
                       renderer: str = "retrieval", facemap_cfg=None) -> np.ndarray:

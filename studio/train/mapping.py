@@ -257,7 +257,7 @@ def _deterministic(threads: int):
 
 
 def _save_state(state_dir: Path, net, opt, info: dict) -> None:
-    """Model + optimizer tensors as safetensors, everything else as JSON; each file atomic."""
+    """Model + optimizer tensors as safetensors, everything else as JSON; the folder atomically."""
     import torch
 
     tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
@@ -268,10 +268,12 @@ def _save_state(state_dir: Path, net, opt, info: dict) -> None:
             tensors[f"opt/{idx}/{name}"] = val.reshape(1) if val.dim() == 0 else val
     from safetensors.torch import save_file
 
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(state_dir / "state.safetensors") as tmp:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
-    write_json_atomic(state_dir / "state.json", {**info, "param_groups": osd["param_groups"]})
+    # The folder is replaced as a whole: a crash between the two files must never pair epoch e's
+    # tensors with epoch e-1's state.json (the resumed run would train epoch e twice).
+    with atomic_path(state_dir) as tmp:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        write_json_atomic(tmp / "state.json", {**info, "param_groups": osd["param_groups"]})
 
 
 def _load_state(state_dir: Path, net, opt) -> dict | None:
