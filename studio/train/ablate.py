@@ -144,8 +144,8 @@ def markdown_table(table, seeds: int | None = None, split: str = "") -> str:
         "MSE: normalized coordinates (nose-centred, divided by the face scale = RMS radius of the stable "
         "brow/eye/nose points), mean over frames and x/y coordinates; Mouth = 20 mouth points, Jaw = 9 jaw "
         "points. px @720: point RMSE in a 720x720 crop where the face scale is 100 px. Train: wall seconds "
-        "to early stop on this (shared) CPU; Train CPU: process CPU seconds. Infer: one pass over 5 min (7,500 frames). LSTM/BiLSTM predict the "
-        "mouth only (jaw n/a).",
+        "to early stop on this (shared) CPU; Train CPU: process CPU seconds. Infer: one pass over 5 min "
+        "(7,500 frames). LSTM/BiLSTM predict the mouth only (jaw n/a).",
     ]
     return "\n".join(lines + notes) + "\n"
 

@@ -113,7 +113,8 @@ def inference_seconds(model: MappingModel, n_frames: int = FIVE_MINUTES_FRAMES, 
 TARGETS = ("auto", "gt", "visible", "detected")
 
 
-def target_talk(clip: Clip | ClipArrays, span: tuple[float, float], target: str) -> tuple[ClipArrays, np.ndarray, np.ndarray, str]:
+def target_talk(clip: Clip | ClipArrays, span: tuple[float, float],
+                target: str) -> tuple[ClipArrays, np.ndarray, np.ndarray, str]:
     """(block, target (T, 58), mask (T,), name) for one clip's ``span``; see :data:`TARGETS`.
 
     auto: the ground truth of a synthetic clip, else the detected points. gt: the noise-free true
