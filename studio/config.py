@@ -70,5 +70,5 @@ def load_preset(name: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"Preset {path} is not valid TOML: {exc}", "Fix the file's syntax.") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML must be UTF-8
+        raise InputError(f"Preset {path} is not valid TOML: {exc}", "Fix the file's syntax (UTF-8 text).") from exc

@@ -62,6 +62,9 @@ from studio.face.layout import (
 )
 
 RANGE_RAMP_FRAMES = 4  # frames over which a frame-range edit eases in and out
+# Smaller smoothing sigmas are the identity anyway (a one-tap kernel); scipy divides by sigma**2,
+# which underflows to 0 for sigma < 1e-154 (found by fuzzing an edits file).
+MIN_SIGMA = 1e-3
 MAX_EDITS_BYTES = 1_000_000  # an edits file is a few hundred bytes; anything this big is not one
 JAW_REST_PERCENTILE = 5.0  # the chin distance counted as "jaw closed" for the jaw gain
 
@@ -437,9 +440,9 @@ def apply_edits(talk: np.ndarray, edits: Edits, pca: PCAModel | None = None, *,
             raise ValueError(f"speech_energy has {energy.shape[0]} frames, talk has {n}")
         voiced = voice_activity_from_energy(energy, fps, dataclasses.replace(vad, threshold_db=edits.silence_threshold))
         x = _close_on_silence(x, voiced, np.asarray(closed_shape, dtype=np.float64), fps)
-    if edits.temporal_smoothing > 0 and n > 1:
+    if edits.temporal_smoothing >= MIN_SIGMA and n > 1:
         x = gaussian_filter1d(x, edits.temporal_smoothing, axis=0, mode="nearest")
-    if edits.jawline_smoothing > 0:
+    if edits.jawline_smoothing >= MIN_SIGMA:
         x = _smooth_jawline(x, edits.jawline_smoothing)
 
     out = x.astype(talk.dtype)

@@ -78,7 +78,7 @@ class Subject:
             raw = json.loads((directory / MANIFEST).read_text())
         except FileNotFoundError:
             raise CheckpointError(f"{directory} is not a subject folder (no {MANIFEST}).", hint) from None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all
             raise CheckpointError(f"{directory / MANIFEST} is unreadable: {exc}.", hint) from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CheckpointError(f"{directory / MANIFEST} is not a subject manifest.", hint)

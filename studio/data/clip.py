@@ -150,7 +150,7 @@ class Clip:
             meta_raw = json.loads((directory / "clip.json").read_text())
         except FileNotFoundError:
             raise CheckpointError(f"{directory} is not a preprocessed clip (no clip.json).", hint) from None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all
             raise CheckpointError(f"{directory}/clip.json is unreadable: {exc}.", hint) from None
         try:
             meta = ClipMeta(**meta_raw)

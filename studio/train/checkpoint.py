@@ -179,7 +179,7 @@ class MappingModel:
                                   _HINT)
         try:
             config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all
             raise CheckpointError(f"{cfg_path} is unreadable: {exc}.", _HINT) from None
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise CheckpointError(f"{cfg_path} is not a mapping checkpoint config.", _HINT)

@@ -449,7 +449,7 @@ def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON, or not UTF-8 at all
         return None
 
 

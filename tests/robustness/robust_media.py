@@ -442,3 +442,11 @@ def subject_missing_video(d: Path) -> Path:
     out = copy_subject(d, "missing_video")
     (out / "clips" / "template" / "video.mp4").unlink()
     return out
+
+
+def subject_binary_json(d: Path, which: str) -> Path:
+    """One of the subject's JSON files overwritten with bytes that are not even UTF-8."""
+    rel = {"manifest": "subject.json", "clip": "clips/template/clip.json", "checkpoint": "mapping/ours/config.json"}
+    out = copy_subject(d, f"binary_{which}")
+    (out / rel[which]).write_bytes(b"\xff\xfe\x00\x81{not json\x00")
+    return out

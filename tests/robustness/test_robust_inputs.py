@@ -208,6 +208,13 @@ CASES: list[Case] = [
          "unreadable"),
     Case("retrieval-pool-corrupt", "subject", lambda d, _: M.subject_corrupt_pool(d), CheckpointError,
          "pool|unreadable|corrupt"),
+    Case("cache-clip-json-binary", "subject", lambda d, _: M.subject_binary_json(d, "clip"), CheckpointError,
+         "clip.json is unreadable"),
+    Case("checkpoint-config-binary", "subject", lambda d, _: M.subject_binary_json(d, "checkpoint"),
+         CheckpointError, "config.json is unreadable"),
+    # the studio does not even list a subject whose manifest is unreadable
+    Case("subject-manifest-binary", "subject", lambda d, _: M.subject_binary_json(d, "manifest"), StudioError,
+         "subject.json is unreadable|not one of the studio's subjects"),
     Case("subject-video-missing", "subject", lambda d, _: M.subject_missing_video(d), StudioError,
          "video.*(missing|does not exist)"),
 ]
