@@ -368,3 +368,54 @@ def test_matrix_is_big_enough():
     assert len(CASES) >= 30
     kinds = {c.kind for c in CASES}
     assert {"speech", "template", "edits", "subject"} <= kinds
+
+
+# -- control values only the web page sends (sliders, numbers, buttons) --------------------------
+
+def _controls(**changes) -> list:
+    values = [0.0] * 13 + [1.0, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
+    names = {"mouth": 13, "jaw": 14, "offset": 15, "jawline": 16, "smooth": 17, "close": 18, "db": 19,
+             "range_on": 20, "start": 21, "end": 22}
+    for k, v in changes.items():
+        values[names[k] if k in names else int(k)] = v
+    return values
+
+
+UI_CASES = [
+    ("edit-gain-out-of-range", lambda h, s: h.edit(s, 0, *_controls(mouth=99.0)), "out of range"),
+    ("edit-nan", lambda h, s: h.edit(s, 0, *_controls(jaw=float("nan"))), "finite"),
+    ("edit-pca-inf", lambda h, s: h.edit(s, 0, *_controls(**{"0": float("inf")})), "finite"),
+    ("edit-empty-range", lambda h, s: h.edit(s, 0, *_controls(range_on=True, start=30, end=10)), "empty"),
+    ("edit-range-past-end", lambda h, s: h.edit(s, 0, *_controls(range_on=True, start=4000, end=5000)), None),
+    ("frame-far-past-end", lambda h, s: h.show_frame(s, 10**9), None),
+    ("frame-negative", lambda h, s: h.show_frame(s, -5), None),
+    ("facemap-canny-reversed", lambda h, s: h.facemap(s, 0, 200, 100), "Canny low threshold"),
+    ("preview-unknown-renderer", lambda h, s: h.preview_frame(s, 0, "magic", 50, 150), "Unknown renderer"),
+    ("render-range-reversed", lambda h, s: h.render_range(s, 40, 10, "retrieval", 50, 150), None),
+    ("render-range-past-end", lambda h, s: h.render_range(s, 10**6, 10**6 + 5, "retrieval", 50, 150), None),
+    ("edits-before-predict", lambda h, s: h.show_frame(None, 0), "Nothing predicted"),
+    ("render-before-predict", lambda h, s: h.render_full(None, "retrieval", 50, 150), "Nothing predicted"),
+    ("unknown-variant", lambda h, s: h.predict(s, str(rm.SAMPLE_SUBJECT.resolve()), s.speech_path, "template",
+                                               None, "gpt-5"), "Unknown variant"),
+]
+
+
+@pytest.mark.parametrize("name,call,error", UI_CASES, ids=[c[0] for c in UI_CASES])
+def test_ui_control_values(name, call, error, h, pipe, staged, sample_state):
+    """Values the page's controls (or a client of its API) can send: clamped to something valid,
+    or a gr.Error with the reason; never an internal error."""
+    try:
+        out = bounded(call, h, sample_state)
+    except gr.Error as exc:
+        assert error is not None, f"{name}: unexpected error {exc.message}"
+        assert exc.title not in ("Internal error", "Error") and re.search(error, exc.message), exc.message
+    else:
+        assert error is None, f"{name}: accepted, expected an error matching {error!r}"
+        if isinstance(out, str) and out.endswith(".mp4"):  # a clamped range still renders real frames
+            import cv2
+
+            cap = cv2.VideoCapture(out)
+            ok, frame = cap.read()
+            cap.release()
+            assert ok and frame.shape == (384, 384, 3)
+    assert_healthy(pipe, staged)

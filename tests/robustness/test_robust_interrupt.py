@@ -41,7 +41,7 @@ dropout = 0.1
 window = 16
 stride = 4
 batch_size = 16
-max_epochs = 12
+max_epochs = 8
 patience = 50
 val_stride = 8
 lr = 0.003
@@ -63,13 +63,17 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
 
 
 def _kill_during(args, env, ready, extra: float, rng: random.Random) -> tuple[int, bool]:
-    """Start the command; once ``ready()`` (its first saved state appeared) wait a random
-    0..``extra`` s more and SIGKILL its process group. -> (return code, whether it was ready)."""
+    """Start the command; once ``ready(pid)`` (it is inside the work: its first saved state
+    appeared, or it opened the video) wait a random 0..``extra`` s more and SIGKILL its process
+    group. -> (return code, whether it got ready)."""
     proc = _studio(args, env)
     deadline = time.monotonic() + 240
-    while proc.poll() is None and not ready() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    was_ready = ready()
+    was_ready = False
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready(proc.pid):
+            was_ready = True
+            break
+        time.sleep(0.01)
     time.sleep(rng.uniform(0.0, extra))
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -77,15 +81,12 @@ def _kill_during(args, env, ready, extra: float, rng: random.Random) -> tuple[in
     return proc.returncode, was_ready
 
 
-def _kill_after(args, env, seconds: float) -> int:
-    """Start the command and SIGKILL its process group ``seconds`` later -> its return code."""
-    proc = _studio(args, env)
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` itself holds ``path`` open (OpenCV decoding it, not an ffmpeg probe)."""
     try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    return proc.returncode
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -118,19 +119,19 @@ def reference_clip(env, footage):
 
 
 def test_killed_preprocessing_reruns_cleanly(env, footage, reference_clip):
-    """Killed at random times (the child needs about 3-4 s to import, then tracks 100 frames)."""
+    """Killed while tracking (it has the video open), at a random point of its 100 frames."""
     from studio.data.clip import Clip
 
     base, e = env
     ref = reference_clip
     out = base / "clip_killed"
     rng = random.Random(SEED)
-    codes = []
     for _ in range(2):
-        codes.append(_kill_after(["preprocess", footage, "--out", out], e, rng.uniform(2.0, 5.0)))
+        rc, ready = _kill_during(["preprocess", footage, "--out", out], e,
+                                 lambda pid: _has_open(pid, footage.resolve()), 1.0, rng)
+        assert ready and rc < 0, f"not killed while tracking (rc {rc})"
         if out.exists():  # only ever a complete folder: renamed into place at the end
             Clip.load(out)
-    assert any(c < 0 for c in codes), f"never killed while working: {codes}"
     _finish(_studio(["preprocess", footage, "--out", out], e))
     again = Clip.load(out)
     np.testing.assert_array_equal(again.landmarks, ref.landmarks)
@@ -180,7 +181,7 @@ def test_killed_mapping_training_resumes_to_the_same_model(env):
     clip_dir = rm.SAMPLE_SUBJECT / "clips" / "template"
     ref = train_mapping([Clip.load(clip_dir)], "ours", base / "map_ref", str(preset), seed=3)
     out = base / "map_killed"
-    rc, ready = _kill_during(_mapping_args(out, preset), e, lambda: (out / STATE_DIR / "state.json").exists(),
+    rc, ready = _kill_during(_mapping_args(out, preset), e, lambda pid: (out / STATE_DIR / "state.json").exists(),
                              1.0, random.Random(SEED))
     assert ready and rc < 0, f"not killed during training (rc {rc})"
     if not (out / "config.json").exists():  # the usual case: no checkpoint yet, a state to resume
@@ -192,14 +193,14 @@ def test_killed_mapping_training_resumes_to_the_same_model(env):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     model = MappingModel.load(out)
-    assert model.config["result"]["epochs"] == 12
+    assert model.config["result"]["epochs"] == 8
 
 
 # -- renderer training -----------------------------------------------------------------------------
 
 def _renderer_args(clip: Path, out: Path, steps: int) -> list:
     return ["train-renderer", clip, "--out", out, "--size", "64", "--ngf", "4", "--ndf", "4", "--n-blocks", "1",
-            "--batch-size", "2", "--steps", str(steps), "--checkpoint-every", "2", "--sample-every", "4",
+            "--batch-size", "2", "--steps", str(steps), "--checkpoint-every", "1", "--sample-every", "2",
             "--device", "cpu", "--resume"]
 
 
@@ -209,14 +210,14 @@ def test_killed_renderer_training_resumes(env, reference_clip):
 
     base, e = env
     clip = base / "clip_ref"
-    steps = 12
+    steps = 4  # a step takes 1-3 s on two busy cores
     out = base / "ren_killed"
     rc, ready = _kill_during(_renderer_args(clip, out, steps), e,
-                             lambda: (out / STATE_DIR / "state.json").exists(), 1.0, random.Random(SEED))
+                             lambda pid: (out / STATE_DIR / "state.json").exists(), 1.0, random.Random(SEED))
     assert ready and rc < 0, f"not killed during training (rc {rc})"
     if (out / "config.json").exists():
         step = NeuralRenderer.load(out, device="cpu").info["step"]  # whatever checkpoint is there is complete
-        assert 2 <= step < steps
+        assert 1 <= step < steps
     _finish(_studio(_renderer_args(clip, out, steps), e))
     r = NeuralRenderer.load(out, device="cpu")
     assert r.info["step"] == steps

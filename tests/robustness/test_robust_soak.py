@@ -10,7 +10,7 @@ server still serves a new session at the end. Figures (requests, p50/p95 latency
 kind, peak memory (PSS) and its curve, errors) are written as JSON to ``$STUDIO_SOAK_REPORT`` (or the
 test's temporary folder) and logged.
 
-Length: ``STUDIO_SOAK_SECONDS`` (default 45); sessions: ``STUDIO_SOAK_SESSIONS`` (default 8).
+Length: ``STUDIO_SOAK_SECONDS`` (default 50); sessions: ``STUDIO_SOAK_SESSIONS`` (default 8).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
-SECONDS = float(os.environ.get("STUDIO_SOAK_SECONDS", "45"))
+SECONDS = float(os.environ.get("STUDIO_SOAK_SECONDS", "50"))
 SESSIONS = int(os.environ.get("STUDIO_SOAK_SESSIONS", "8"))
 N_CONTROLS = 13 + 10  # PCA offsets + the other edit controls (studio.ui.handlers.EditControls)
 
