@@ -591,8 +591,8 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
         for _ in jobs.poll(job):
             p = jobs.subject_progress(out, len(videos), variants, bool(neural), max_epochs)
             progress(p.fraction, desc=p.stage)
-            yield (f"Building **{folder}** in `{out}`: {p.stage}", views.loss_figure(p.histories), p.sample,
-                   gr.skip())
+            yield (f"Building **{folder}** in `{out}`: {p.stage}", views.loss_figure(p.histories),
+                   _sample_image(p.sample), gr.skip())
     finally:  # the page went away (the generator was closed): do not leave the job running
         if job.running:
             job.cancel()
@@ -604,7 +604,18 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
                          "Fix the problem above and press Build again (finished stages are kept).")
     p = jobs.subject_progress(out, len(videos), variants, bool(neural), max_epochs)
     yield (f"Subject **{name or folder}** is ready in `{out}`; pick it in the Dub tab.",
-           views.loss_figure(p.histories), p.sample, refresh_subjects(str(out.resolve())))
+           views.loss_figure(p.histories), _sample_image(p.sample), refresh_subjects(str(out.resolve())))
+
+
+def _sample_image(path: str | None) -> np.ndarray | None:
+    """A renderer sample sheet as RGB pixels: the subjects folder is not served (gradio refuses
+    to return files from outside its allowed paths, cwd and temp folder), its pixels are."""
+    if not path:
+        return None
+    import cv2
+
+    img = cv2.imread(path)
+    return None if img is None else np.ascontiguousarray(img[..., ::-1])
 
 
 # -- Ablations tab ----------------------------------------------------------------------------------

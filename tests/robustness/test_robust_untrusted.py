@@ -376,3 +376,20 @@ def test_allowed_paths_are_narrow():
     allowed = [Path(p).resolve() for p in launch_kwargs()["allowed_paths"]]
     assert allowed and all(p == (work_dir() / "sessions").resolve() for p in allowed)
     assert REPO.resolve() not in allowed and Path.home().resolve() not in allowed
+
+
+def test_renderer_samples_are_shown_as_pixels(tmp_path):
+    """The Subject tab's sample sheet lives in the subjects folder, which is not served: the
+    handler hands gradio its pixels, never the path (gradio would refuse it: InvalidPathError)."""
+    pytest.importorskip("gradio")
+    import cv2
+
+    from studio.ui import handlers
+
+    sheet = np.zeros((40, 120, 3), np.uint8)
+    sheet[:, :40] = (255, 0, 0)  # red in RGB
+    path = tmp_path / "step_0000010.jpg"
+    cv2.imwrite(str(path), sheet[..., ::-1])
+    img = handlers._sample_image(str(path))
+    assert img.shape == (40, 120, 3) and img[20, 20, 0] > 200 and img[20, 20, 2] < 60
+    assert handlers._sample_image(None) is None and handlers._sample_image(str(tmp_path / "gone.jpg")) is None
