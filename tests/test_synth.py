@@ -251,3 +251,11 @@ def test_cli(tmp_path):
     clip = Clip.load(tmp_path / "c")
     assert clip.meta.frames == 50 and clip.meta.width == 96 and not (tmp_path / "c" / "video.mp4").exists()
     assert not clip.meta.extras["rendered"]
+
+
+def test_output_folder_parents_are_created(tmp_path):
+    from studio.data.clip import Clip
+    from studio.data.synth import synthesize
+
+    synthesize(tmp_path / "a" / "b" / "clip", 2.0, 0, render=False)
+    assert Clip.load(tmp_path / "a" / "b" / "clip").meta.frames == 50

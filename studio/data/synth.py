@@ -845,6 +845,7 @@ def synthesize(out_dir: str | os.PathLike[str], seconds: float, seed: int, *,
     from studio import media
 
     extra_files: dict[str, bytes | Path] = {TRUTH_FILE: _truth_bytes(truth)}
+    Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="synth-", dir=Path(out_dir).resolve().parent) as tmp:
         if render:
             video = Path(tmp) / VIDEO_FILE
