@@ -54,24 +54,27 @@ def _stage(name: str, fn: Callable[[], dict], report: dict[str, Any]) -> None:
 
 def dub_child(subject: Path, speech: Path, template: Path | None, out: Path, renderer: str = "retrieval") -> dict:
     """Run ``studio dub`` in a child process: wall seconds and the child's peak memory (MB)."""
-    cmd = [sys.executable, "-m", "studio", "dub", "--subject", str(subject), "--speech", str(speech),
+    peak_file = Path(tempfile.mkstemp(suffix=".peak")[1])
+    # The child reports its own peak RSS (VmHWM of its own memory map): ru_maxrss from wait4 would
+    # include this (large) benchmark process's memory at fork time.
+    wrapper = ("import runpy, sys\nout = sys.argv.pop(1)\nsys.argv[0] = 'studio'\ntry:\n"
+               "    runpy.run_module('studio', run_name='__main__')\nfinally:\n"
+               "    open(out, 'w').write(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')))\n")
+    cmd = [sys.executable, "-c", wrapper, str(peak_file), "dub", "--subject", str(subject), "--speech", str(speech),
            "--out", str(out), "--renderer", renderer]
     if template is not None:
         cmd += ["--template", str(template)]
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory, not the bench's other children
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"dub failed ({proc.returncode}): {err.read()[-800:].decode(errors='replace')}")
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"dub failed ({proc.returncode}): {proc.stderr[-800:]}")
     from studio import media
 
     info = media.probe_video(out)
     speech_s = len(media.read_audio(speech)) / 16_000
-    peak = usage.ru_maxrss / 1024.0
+    peak = float(peak_file.read_text().split()[1]) / 1024.0  # "VmHWM:  123456 kB"
+    peak_file.unlink()
     return {"speech_seconds": round(speech_s, 2), "wall_s": round(wall, 2), "realtime_factor": round(wall / speech_s, 3),
             "frames": info.frames, "fps": info.fps, "size": f"{info.width}x{info.height}",
             "peak_rss_mb": round(peak, 1)}
