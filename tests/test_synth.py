@@ -259,3 +259,132 @@ def test_output_folder_parents_are_created(tmp_path):
 
     synthesize(tmp_path / "a" / "b" / "clip", 2.0, 0, render=False)
     assert Clip.load(tmp_path / "a" / "b" / "clip").meta.frames == 50
+
+
+# -- dub mode: the template articulates with another speech than the clip's audio ---------------
+DUB_SEED, DUB_TEMPLATE_SEED, DUB_SECONDS = 3, 103, 6
+
+
+@pytest.fixture(scope="module")
+def dub_clips(tmp_path_factory):
+    """A dub clip (audio: procedural speech A of the seed; template: procedural speech B, seed 103)
+    and the two ordinary clips of the same seed made with speech A and with speech B."""
+    root = tmp_path_factory.mktemp("dub")
+    dub = synth.synthesize(root / "dub", DUB_SECONDS, DUB_SEED, template_speech=DUB_TEMPLATE_SEED, render=False)
+    a = synth.synthesize(root / "a", DUB_SECONDS, DUB_SEED, render=False)
+    b = synth.synthesize(root / "b", DUB_SECONDS, DUB_SEED, speech=DUB_TEMPLATE_SEED, render=False)
+    return {name: (clip, synth.load_truth(clip.directory)) for name, clip in
+            (("dub", dub), ("a", a), ("b", b))}
+
+
+def normalized_opening(points):
+    return layout.mouth_opening(points) / face_scale(points)
+
+
+def test_dub_mode_landmarks_follow_the_template_speech_and_gt_the_audio(dub_clips):
+    (dub, truth), (a, truth_a), (b, truth_b) = dub_clips["dub"], dub_clips["a"], dub_clips["b"]
+    opening = normalized_opening(dub.landmarks)
+    r_template = np.corrcoef(opening, normalized_opening(b.gt_landmarks))[0, 1]
+    r_audio = np.corrcoef(opening, normalized_opening(a.gt_landmarks))[0, 1]
+    assert r_template > 0.9 and abs(r_audio) < 0.3, (r_template, r_audio)
+    # the observed side is exactly the ordinary clip made with speech B ...
+    for name in ("landmarks", "pose", "centre", "scale", "boxes"):
+        np.testing.assert_array_equal(getattr(dub, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(truth["template_gt"], b.gt_landmarks)
+    np.testing.assert_array_equal(truth["template_visible"], truth_b["visible"])
+    np.testing.assert_array_equal(truth["template_hidden"], truth_b["hidden"])
+    np.testing.assert_array_equal(truth["template_articulation"], truth_b["articulation"])
+    # ... the audio and the noise-free truth are those of the ordinary clip made with speech A
+    np.testing.assert_array_equal(dub.audio, a.audio)
+    assert (dub.directory / "audio.wav").read_bytes() == (a.directory / "audio.wav").read_bytes()
+    assert (dub.directory / synth.TEMPLATE_AUDIO_FILE).read_bytes() == (b.directory / "audio.wav").read_bytes()
+    np.testing.assert_array_equal(dub.gt_landmarks, a.gt_landmarks)
+    for name in ("articulation", "visible", "hidden"):
+        np.testing.assert_array_equal(truth[name], truth_a[name], err_msg=name)
+    np.testing.assert_array_equal(truth["observed"], a.landmarks)
+    assert not np.allclose(dub.gt_landmarks, dub.landmarks, atol=1.0)
+    # the metadata says so
+    ex = dub.meta.extras
+    assert ex["mode"] == "dub" and ex["template_speech"] == f"procedural:{DUB_TEMPLATE_SEED}"
+    assert dub.meta.audio_source == "procedural" and "landmarks" in ex["follows"]["template_speech"]
+    assert "gt_landmarks" in ex["follows"]["speech"] and "mode" not in a.meta.extras
+    assert len({dub.meta.source_sha256, a.meta.source_sha256, b.meta.source_sha256}) == 3
+
+
+def test_other_speech_same_head_motion_face_and_noise(dub_clips):
+    (dub, truth), (a, truth_a), (b, truth_b) = dub_clips["dub"], dub_clips["a"], dub_clips["b"]
+    for name in ("pose_true", "translation", "shape", "focal"):
+        np.testing.assert_array_equal(truth[name], truth_a[name], err_msg=name)
+        np.testing.assert_array_equal(truth[name], truth_b[name], err_msg=name)
+    assert not np.allclose(truth_a["articulation"], truth_b["articulation"], atol=0.05)
+    # the estimated pose differs only by what the moving jaw does to the pose fit
+    assert np.abs(a.pose - b.pose).max() < 0.5
+    # the same detector-noise draws: identical in units of the face size
+    noise_a = (a.landmarks - truth_a["visible"]) / synth.face_size(a.gt_landmarks)[:, None, None]
+    noise_b = (b.landmarks - truth_b["visible"]) / synth.face_size(b.gt_landmarks)[:, None, None]
+    np.testing.assert_allclose(noise_a, noise_b, atol=1e-4)
+    assert np.abs(noise_a).max() > 0.01
+
+
+def test_speech_seed_is_procedural_speech_of_that_seed(tmp_path, dub_clips):
+    a, _ = dub_clips["a"]
+    same = synth.synthesize(tmp_path / "s", DUB_SECONDS, DUB_SEED, speech=DUB_SEED, render=False)
+    for name in ("landmarks", "gt_landmarks", "pose", "audio"):
+        np.testing.assert_array_equal(getattr(same, name), getattr(a, name))
+    with pytest.raises(InputError):
+        synth.synthesize(tmp_path / "x", 1, 1, speech=True)
+
+
+def fingerprint(clip, truth):
+    """Two float64 sums per array (plain and position-weighted): any change of the generator moves them."""
+    arrays = {**{k: getattr(clip, k) for k in ("landmarks", "gt_landmarks", "pose", "audio", "scale")},
+              **{f"truth:{k}": truth[k] for k in ("articulation", "visible", "pose_true", "translation")},
+              "audio.wav": media.read_audio(clip.audio_path)}
+    out = {}
+    for k, x in arrays.items():
+        x = np.asarray(x, np.float64).ravel()
+        out[k] = [float(x.sum()), float((x * np.linspace(-1, 1, x.size)).sum())]
+    return out
+
+
+# synthesize(d, 2, 3, render=False) as produced before dub mode existed (commit 5f7f5ec)
+_DEFAULT_FINGERPRINT = {
+    "landmarks": [937588.768837, -8015.664309], "gt_landmarks": [935746.949989, -7618.598216],
+    "pose": [1172.493215, -247.649914], "audio": [-48144.972948, 707.457691], "scale": [1228.507282, 64.123916],
+    "truth:articulation": [44.596501, 0.306255], "truth:visible": [937867.731544, -7731.075945],
+    "truth:pose_true": [1005.66883, -226.08742], "truth:translation": [23358.582789, -257.030666],
+    "audio.wav": [16.055054, -0.917183],
+}
+
+
+def test_default_mode_output_is_unchanged(tmp_path):
+    clip = synth.synthesize(tmp_path / "c", 2, 3, render=False)
+    assert clip.meta.source_sha256 == "27d5300b8984954465d8be83ebadc71a824ee0de3d6dd62ccf7b80d5592e38f8"
+    assert sorted(clip.meta.extras) == ["config", "focal", "pose_source", "rendered", "seed", "truth", "yaw_range"]
+    truth = synth.load_truth(tmp_path / "c")
+    assert sorted(truth) == ["articulation", "articulators", "focal", "hidden", "pose_true", "shape",
+                             "translation", "visible"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "arrays.npz", "audio.wav", "clip.json", "frames.csv", synth.TRUTH_FILE]
+    got = fingerprint(clip, truth)
+    for name, expected in _DEFAULT_FINGERPRINT.items():
+        np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=2e-3, err_msg=name)
+
+
+def test_cli_dub_mode_renders_the_template(tmp_path):
+    from studio.cli import main
+
+    common = ["--seconds", "2", "--seed", "5", "--size", "96"]
+    assert main(["synth", "--out", str(tmp_path / "d"), *common, "--template-speech-seed", "9"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "b"), *common, "--speech-seed", "9"]) == 0
+    dub, b = Clip.load(tmp_path / "d"), Clip.load(tmp_path / "b")
+    assert dub.meta.extras["mode"] == "dub" and dub.meta.extras["template_speech"] == "procedural:9"
+    np.testing.assert_array_equal(dub.landmarks, b.landmarks)
+    # the frames show the template (speech B); the audio is the clip's own (speech A)
+    frames = list(range(0, 50, 7))
+    np.testing.assert_array_equal(media.read_frames(dub.video_path, frames), media.read_frames(b.video_path, frames))
+    assert not np.allclose(media.read_audio(dub.audio_path), media.read_audio(b.audio_path))
+    assert (tmp_path / "d" / synth.TEMPLATE_AUDIO_FILE).read_bytes() == (tmp_path / "b" / "audio.wav").read_bytes()
+    with pytest.raises(SystemExit):  # one template speech at a time
+        main(["synth", "--out", str(tmp_path / "x"), *common, "--template-speech", "f.wav",
+              "--template-speech-seed", "9"])

@@ -62,6 +62,47 @@ One clip (``synthesize``) is made of, in order:
 
 ``gt_landmarks`` are the noise-free projections of the true 3D points (occluded ones included);
 ``landmarks`` are the observed points.
+
+**Speech sources.** ``speech`` (CLI ``--speech FILE`` / ``--speech-seed K``) is a file, a 16 kHz
+array, an int K (procedural speech made with seed K) or None (procedural speech made with the
+clip's seed; identical to ``speech=seed``). The clip's seed still picks the start offset.
+
+**Random streams.** Speech, face shape, articulation style (speaker gain and idiosyncrasy),
+head motion, detector noise and rendering colours each draw from their own stream of the seed,
+and no draw count depends on the speech. So two clips with the same seed, length, fps, size and
+config but different speech have identical ``pose_true``, ``translation`` and ``shape`` and the
+same detector-noise draws (the same jitter, drift and outliers in units of the face size; in
+pixels they are scaled by the face size, which the opening jaw changes by up to ~2 %).
+
+**Dub mode** (``template_speech=...``, CLI ``--template-speech FILE`` /
+``--template-speech-seed K``): the template's own face articulates with a DIFFERENT speech B than
+the clip's audio A (``speech``), as in a real dub, where the template's jaw and cheeks follow its
+own words. Head motion, face shape and noise draws are those of the seed, as above; B is cut
+from the template speech with the same seed-dependent offset rule as A. Which array follows
+which speech:
+
+- speech A (the clip's audio, and the dub target):
+  ``audio.wav``, the clip's ``audio`` features, the audio track of ``video.mp4``;
+  ``gt_landmarks`` = noise-free true projections of the face articulating with A (what a
+  perfect dub produces; equal to ``gt_landmarks`` of an ordinary clip with speech A and the same
+  seed); in ``synth_truth.npz``: ``articulation``, ``visible``, ``hidden`` (so ``--target gt``
+  and ``--target visible`` of ``studio evaluate`` score against A), and ``observed`` = the
+  detector observation of that face with the same noise draws (equal to ``landmarks`` of the
+  ordinary clip with speech A).
+- template speech B (what the template shows):
+  ``landmarks`` = detector observation of the face articulating with B (equal to ``landmarks``
+  of an ordinary clip with speech B and the same seed), hence ``pose``, ``centre``, ``scale``,
+  ``boxes``, the clip's ``talk`` and ``cheek`` views, and the frames of ``video.mp4``;
+  ``template_audio.wav`` (B itself); in ``synth_truth.npz``: ``template_articulation``,
+  ``template_gt`` (noise-free true projections, B's ``gt_landmarks``), ``template_visible``
+  and ``template_hidden`` (what ``landmarks`` observe).
+- both: ``pose_true``, ``translation``, ``shape``, ``focal``.
+
+``clip.json`` extras then hold ``"mode": "dub"``, ``"template_speech"`` (its source),
+``"template_speech_digest"`` and ``"follows"`` (array name -> "speech" / "template_speech" /
+"both"). Without ``template_speech`` the output is exactly that of the ordinary mode (no
+``mode`` key). A dub clip is for evaluation: its ``landmarks`` do not follow its audio, so do
+not train on it.
 """
 
 from __future__ import annotations
@@ -93,6 +134,7 @@ log = logging.getLogger(__name__)
 
 TRUTH_FILE = "synth_truth.npz"
 VIDEO_FILE = "video.mp4"
+TEMPLATE_AUDIO_FILE = "template_audio.wav"  # dub mode only: the template's own speech
 ARTICULATORS = ("open", "spread", "protrude")
 FEATURE_HOP_S = 0.01  # logfbank hop
 FEATURE_CENTRE_S = 0.0125  # centre of the first 25 ms analysis window
@@ -724,13 +766,20 @@ def render_frame(points: np.ndarray, forehead: np.ndarray, yaw: float, size: int
 
 
 # -- the whole clip -------------------------------------------------------------------------------
-def _speech_signal(speech: str | os.PathLike[str] | np.ndarray | None, n_samples: int, seed: int,
+def _speech_signal(speech: str | os.PathLike[str] | np.ndarray | int | None, n_samples: int, seed: int,
                    cfg: SynthConfig) -> tuple[np.ndarray, str, str]:
-    """The clip's speech (n_samples,), a description of its source and a content digest."""
-    if speech is None:
+    """The clip's speech (n_samples,), a description of its source and a content digest.
+
+    speech: an audio file, a 16 kHz array, an int K (procedural speech with seed K) or None
+    (procedural speech with the clip's seed). The start offset depends on the clip's seed only.
+    """
+    if isinstance(speech, (bool, np.bool_)):
+        raise InputError(f"Invalid speech {speech!r}.", "Give a file, an array or an int seed of procedural speech.")
+    if speech is None or isinstance(speech, (int, np.integer)):
         # generate a little more than needed and start at a seed-dependent offset, like a file
-        sig = procedural_speech(n_samples / SAMPLE_RATE + 2.0, seed)
-        source, digest = "procedural", "procedural"
+        k = seed if speech is None else int(speech)
+        sig = procedural_speech(n_samples / SAMPLE_RATE + 2.0, k)
+        source = digest = "procedural" if speech is None else f"procedural:{k}"
     elif isinstance(speech, np.ndarray):
         sig = np.asarray(speech, np.float32).reshape(-1)
         source, digest = "array", hashlib.sha256(sig.tobytes()).hexdigest()
@@ -770,22 +819,56 @@ def _estimate_pose(landmarks: np.ndarray, size: int, window: int) -> np.ndarray:
     return np.asarray(smooth_pose(head_pose(landmarks, size, size), window), np.float32)
 
 
+def _face_views(shape: np.ndarray, params: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float,
+                c: float, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The face articulating with ``params`` in the given head motion.
+
+    Returns head (T, 68, 3) articulated points in head mm, gt (T, 68, 2) true projections,
+    visible (T, 68, 2) the points a detector aims at, hidden (T, 17) bool.
+    """
+    head = articulate(shape, params, cfg)
+    gt = project(to_camera(head, rot, trans), focal, c, c)
+    visible = gt.copy()
+    hidden = np.zeros((params.shape[0], 17), bool)
+    if cfg.silhouette:
+        contour_cam, hidden = contour_silhouette(head, rot, trans)
+        visible[:, :17] = project(contour_cam, focal, c, c)
+    return head, gt, visible, hidden
+
+
+# Dub mode: which clip array / truth array / file follows which speech (clip.json extras "follows").
+_DUB_FOLLOWS = {
+    "speech": ["audio.wav", "audio", "video.mp4 audio track", "gt_landmarks", "truth:articulation",
+               "truth:visible", "truth:hidden", "truth:observed"],
+    "template_speech": ["landmarks", "pose", "centre", "scale", "boxes", "talk", "cheek", "video.mp4 frames",
+                        TEMPLATE_AUDIO_FILE, "truth:template_articulation", "truth:template_gt",
+                        "truth:template_visible", "truth:template_hidden"],
+    "both": ["truth:pose_true", "truth:translation", "truth:shape", "truth:focal"],
+}
+
+
 def synthesize(out_dir: str | os.PathLike[str], seconds: float, seed: int, *,
-               speech: str | os.PathLike[str] | np.ndarray | None = None, fps: float = 25.0, size: int = 256,
-               config: SynthConfig = SynthConfig(), render: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> Clip:
+               speech: str | os.PathLike[str] | np.ndarray | int | None = None, fps: float = 25.0,
+               size: int = 256, config: SynthConfig = SynthConfig(), render: bool = True,
+               progress: Callable[[int, int], None] | None = None,
+               template_speech: str | os.PathLike[str] | np.ndarray | int | None = None) -> Clip:
     """Generate one synthetic talking-head clip into ``out_dir`` (clip-cache format) and return it.
 
     seconds > 0, fps > 0, size >= 64 pixels (square frames). ``speech``: an audio file, a 16 kHz
-    array, or None for procedural speech. ``render``: also write video.mp4 (slower).
-    ``progress(done, total)`` is called while rendering.
+    array, an int K (procedural speech with seed K), or None for procedural speech with ``seed``.
+    ``render``: also write video.mp4 (slower). ``progress(done, total)`` is called while rendering.
+    ``template_speech`` (same kinds, None = off): dub mode, see the module docstring: the face
+    that ``landmarks``, ``pose`` and the video show articulates with this speech, while the audio
+    and ``gt_landmarks`` follow ``speech``.
 
     The returned Clip has ``gt_landmarks`` (T, 68, 2) (true projections) beside the observed
     ``landmarks``; ``pose`` is estimated from the observed landmarks. ``synth_truth.npz``
     (:func:`load_truth`) holds pose_true (T, 3) degrees, translation (T, 3) mm of the head pivot,
     articulation (T, 3) (names in ``articulators``), visible (T, 68, 2) the noise-free points a
     detector aims at, hidden (T, 17) bool (contour point replaced by the outline), shape (68, 3)
-    the neutral face in mm, and focal (pixels).
+    the neutral face in mm, and focal (pixels). In dub mode these follow ``speech``, and it also
+    holds observed (T, 68, 2), template_articulation (T, 3), template_gt (T, 68, 2),
+    template_visible (T, 68, 2) and template_hidden (T, 17).
     """
     if not seconds > 0:
         raise InputError(f"seconds must be positive, got {seconds}.", "Pass e.g. --seconds 60.")
@@ -799,42 +882,50 @@ def synthesize(out_dir: str | os.PathLike[str], seconds: float, seed: int, *,
     n_frames = max(1, int(round(seconds * fps)))
     n_samples = int(round(n_frames / fps * SAMPLE_RATE))
     signal, speech_source, speech_digest = _speech_signal(speech, n_samples, seed, cfg)
+    dub = template_speech is not None
+    if dub:
+        t_signal, t_source, t_digest = _speech_signal(template_speech, n_samples, seed, cfg)
 
     params = articulation(signal, fps, n_frames, cfg, seed)
     shape = identity_shape(seed, cfg)
-    head = articulate(shape, params, cfg)
     angles, trans = head_motion(n_frames, fps, seed, size, cfg,
                                 face_width_mm=float(np.ptp(shape[:17, 0])))
     rot = rotation_matrices(angles)
     focal, c = float(size), size / 2.0
-    cam = to_camera(head, rot, trans)
-    gt = project(cam, focal, c, c)
-    visible = gt.copy()
-    hidden = np.zeros((n_frames, 17), bool)
-    if cfg.silhouette:
-        contour_cam, hidden = contour_silhouette(head, rot, trans)
-        visible[:, :17] = project(contour_cam, focal, c, c)
+    head, gt, visible, hidden = _face_views(shape, params, rot, trans, focal, c, cfg)
     observed = observe(visible, gt, fps, seed, cfg)
-    pose = _estimate_pose(observed, size, cfg.pose_window)
+    if dub:
+        # the template's own face: same seed, so the same motion, shape, style and noise draws
+        t_params = articulation(t_signal, fps, n_frames, cfg, seed)
+        t_head, t_gt, t_visible, t_hidden = _face_views(shape, t_params, rot, trans, focal, c, cfg)
+        shown, shown_head, shown_visible = observe(t_visible, t_gt, fps, seed, cfg), t_head, t_visible
+    else:
+        shown, shown_head, shown_visible = observed, head, visible
+    pose = _estimate_pose(shown, size, cfg.pose_window)
 
     feats = features_for_video(signal, fps, n_frames)
-    centre = nose_centre(observed).astype(np.float32)
-    scale = face_scale(observed).astype(np.float32)
-    boxes = np.concatenate([observed.min(axis=1), observed.max(axis=1)], axis=1).astype(np.float32)
-    key = json.dumps({"seed": int(seed), "seconds": float(seconds), "fps": float(fps), "size": size,
-                      "config": dataclasses.asdict(cfg), "speech": speech_digest, "render": bool(render)},
-                     sort_keys=True)
+    centre = nose_centre(shown).astype(np.float32)
+    scale = face_scale(shown).astype(np.float32)
+    boxes = np.concatenate([shown.min(axis=1), shown.max(axis=1)], axis=1).astype(np.float32)
+    key_fields = {"seed": int(seed), "seconds": float(seconds), "fps": float(fps), "size": size,
+                  "config": dataclasses.asdict(cfg), "speech": speech_digest, "render": bool(render)}
+    if dub:
+        key_fields["template_speech"] = t_digest
+    key = json.dumps(key_fields, sort_keys=True)
     extras = {
         "seed": int(seed), "config": dataclasses.asdict(cfg), "truth": TRUTH_FILE, "rendered": bool(render),
         "pose_source": "studio.face.pose.smooth_pose(head_pose(observed landmarks))",
         "yaw_range": [float(angles[:, 0].min()), float(angles[:, 0].max())],
         "focal": focal,
     }
+    if dub:
+        extras.update({"mode": "dub", "template_speech": t_source, "template_speech_digest": t_digest,
+                       "template_audio": TEMPLATE_AUDIO_FILE, "follows": _DUB_FOLLOWS})
     meta = ClipMeta(source="synthetic", source_sha256=hashlib.sha256(key.encode()).hexdigest(), fps=float(fps),
                     frames=n_frames, width=size, height=size, faces_found=n_frames, backend="synthetic",
                     audio_seconds=n_samples / SAMPLE_RATE, video=VIDEO_FILE if render else "",
                     audio_source=speech_source, synthetic=True, extras=extras)
-    clip = Clip(meta=meta, landmarks=observed, found=np.ones(n_frames, bool), valid=np.ones(n_frames, bool),
+    clip = Clip(meta=meta, landmarks=shown, found=np.ones(n_frames, bool), valid=np.ones(n_frames, bool),
                 pose=pose, centre=centre, scale=scale, boxes=boxes, audio=feats.astype(np.float32),
                 gt_landmarks=gt.astype(np.float32))
     truth = {
@@ -842,17 +933,27 @@ def synthesize(out_dir: str | os.PathLike[str], seconds: float, seed: int, *,
         "articulation": params, "articulators": np.array(ARTICULATORS), "visible": visible.astype(np.float32),
         "hidden": hidden, "shape": shape.astype(np.float32), "focal": np.float32(focal),
     }
+    if dub:
+        truth.update({
+            "observed": observed.astype(np.float32), "template_articulation": t_params,
+            "template_gt": t_gt.astype(np.float32), "template_visible": t_visible.astype(np.float32),
+            "template_hidden": t_hidden,
+        })
     from studio import media
 
     extra_files: dict[str, bytes | Path] = {TRUTH_FILE: _truth_bytes(truth)}
+    if dub:
+        extra_files[TEMPLATE_AUDIO_FILE] = media.wav_bytes(t_signal, SAMPLE_RATE)
     Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="synth-", dir=Path(out_dir).resolve().parent) as tmp:
         if render:
             video = Path(tmp) / VIDEO_FILE
-            _render_video(video, visible, head, rot, trans, angles[:, 0], fps, size, seed, signal, progress)
+            _render_video(video, shown_visible, shown_head, rot, trans, angles[:, 0], fps, size, seed, signal,
+                          progress)
             extra_files[VIDEO_FILE] = video
         clip = clip.save(out_dir, audio_wav=media.wav_bytes(signal, SAMPLE_RATE), extra_files=extra_files)
-    log.info("synthetic clip: %d frames (%.1f s), yaw %.1f..%.1f deg, in %.1f s -> %s", n_frames,
+    log.info("synthetic clip%s: %d frames (%.1f s), yaw %.1f..%.1f deg, in %.1f s -> %s",
+             f" (dub: template speech {t_source})" if dub else "", n_frames,
              n_frames / fps, angles[:, 0].min(), angles[:, 0].max(), time.perf_counter() - t0, out_dir)
     return clip
 
@@ -893,7 +994,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="clip folder to write (replaced if it exists)")
     parser.add_argument("--seconds", type=float, required=True, help="clip length in seconds")
     parser.add_argument("--seed", type=int, required=True, help="random seed (face, motion, noise, speech offset)")
-    parser.add_argument("--speech", default=None, help="speech audio file (default: procedural speech)")
+    speech = parser.add_mutually_exclusive_group()
+    speech.add_argument("--speech", default=None, help="speech audio file (default: procedural speech)")
+    speech.add_argument("--speech-seed", type=int, default=None, metavar="K",
+                        help="procedural speech made with seed K (default: the clip's --seed)")
+    template = parser.add_mutually_exclusive_group()
+    template.add_argument("--template-speech", default=None, metavar="FILE",
+                          help="dub mode: the template's face (landmarks, pose, video frames) articulates with "
+                               "this speech, the audio and gt_landmarks with --speech (see the module docstring)")
+    template.add_argument("--template-speech-seed", type=int, default=None, metavar="K",
+                          help="dub mode with procedural template speech made with seed K")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
     parser.add_argument("--size", type=int, default=256, help="square frame size in pixels (default 256)")
     parser.add_argument("--render", action=argparse.BooleanOptionalAction, default=True,
@@ -911,8 +1021,10 @@ def cli(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        clip = synthesize(args.out, args.seconds, args.seed, speech=args.speech, fps=args.fps, size=args.size,
-                          render=args.render, progress=progress)
+        speech = args.speech if args.speech is not None else args.speech_seed
+        template = args.template_speech if args.template_speech is not None else args.template_speech_seed
+        clip = synthesize(args.out, args.seconds, args.seed, speech=speech, fps=args.fps, size=args.size,
+                          render=args.render, progress=progress, template_speech=template)
     finally:
         bar.close()
     ex = clip.meta.extras
