@@ -4,8 +4,9 @@ Runs in one process (the end-to-end dub in a child process, so that its peak mem
 feature extraction, media decode/encode, synthetic data generation, landmark preprocessing fps,
 mapping inference (cascade vs LSTM vs BiLSTM on 5 minutes of audio), edits, renderer fps (retrieval;
 neural at 256 and 720), end-to-end dub real-time factor and peak memory, and the studio's own timings
-on the bundled sample (render click to video, slider to overlay, page load); GPU figures when CUDA
-is present. Writes REPORT.json and a
+on the bundled sample (render click to video, slider to overlay, page load); with ``--sync-real``, the
+sync check of a dub of that real video's speech against the video (``studio sync-check``); GPU
+figures when CUDA is present. Writes REPORT.json and a
 markdown table beside it (REPORT.md).
 
 Benchmarks read real footage from the shared test material (``--shared``, default
@@ -80,7 +81,36 @@ def dub_child(subject: Path, speech: Path, template: Path | None, out: Path, ren
             "peak_rss_mb": round(peak, 1)}
 
 
-def run(out: Path, shared: Path, subject: Path | None, quick: bool = False) -> dict[str, Any]:
+def sync_stage(subject: Path, template: Path | None, real: Path, real_audio: Path | None, seconds: float,
+               tmp: Path) -> dict:
+    """Dub the first ``seconds`` of a real video's speech onto the template and score the dub
+    against that real video (``studio sync-check``): inner-lip r, best lag and amplitude of the dub,
+    of the template without lip sync and of the speech-energy predictor."""
+    from studio import media
+    from studio.audio import SAMPLE_RATE
+    from studio.sync import sync_check
+
+    signal = media.read_audio(real_audio if real_audio is not None else real)
+    speech = tmp / "sync_speech.wav"
+    speech.write_bytes(media.wav_bytes(signal[: int(round(seconds * SAMPLE_RATE))]))
+    dub = tmp / "sync_dub.mp4"
+    made = dub_child(subject, speech, template, dub)
+    t0 = time.perf_counter()
+    res = sync_check(dub, real, real_audio=real_audio, template_video=template, work_dir=tmp / "sync")
+    out: dict[str, Any] = {"real": str(real), "speech_seconds": made["speech_seconds"],
+                           "dub_wall_s": made["wall_s"], "check_wall_s": round(time.perf_counter() - t0, 2),
+                           "frames": res["frames"], "valid_frames": res["valid_frames"]}
+    for row in ("dub", "template", "energy"):
+        if res[row] is not None:
+            for key in ("inner_r", "inner_lag", "inner_amplitude", "outer_r"):
+                out[f"{row}_{key}"] = res[row][key]
+    if res["audio_match"] is not None:
+        out["audio_match_r"] = res["audio_match"]["r"]
+    return out
+
+
+def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync_real: Path | None = None,
+        sync_real_audio: Path | None = None, sync_seconds: float = 10.0) -> dict[str, Any]:
     import torch
 
     from studio import audio, media
@@ -147,6 +177,13 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False) -> d
                 _stage("dub_60s_720p", lambda: dub_child(subject, speech_dir / "english_60s_16k.wav",
                                                           video if video.exists() else None, Path(tmp) / "b.mp4"),
                        report)
+            if sync_real is not None:
+                secs = min(sync_seconds, 5.0) if quick else sync_seconds
+                _stage("sync_check", lambda: sync_stage(subject, video if video.exists() else None, sync_real,
+                                                        sync_real_audio, secs, Path(tmp)), report)
+    elif sync_real is not None:
+        report["stages"]["sync_check"] = {"skipped": "needs --subject (the dub is made with it)"}
+
     def studio_stage() -> dict:
         from studio.ui.bench import benchmark
 
@@ -185,10 +222,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subject", default=None,
                         help="subject folder for the end-to-end dub (built from the Obama clips)")
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the benchmark)")
+    parser.add_argument("--sync-real", default=None, metavar="REAL.mp4",
+                        help="a real video of the subject speaking: its speech is dubbed onto the template "
+                        "and `studio sync-check` scores the dub against it (needs --subject)")
+    parser.add_argument("--sync-real-audio", default=None, metavar="WAV",
+                        help="the real video's speech as a separate file (when the video has no sound)")
+    parser.add_argument("--sync-seconds", type=float, default=10.0,
+                        help="seconds of the real speech to dub for the sync check (default %(default)s; 5 with --quick)")
 
 
 def cli(args: argparse.Namespace) -> int:
-    report = run(Path(args.out), Path(args.shared), Path(args.subject) if args.subject else None, quick=args.quick)
+    report = run(Path(args.out), Path(args.shared), Path(args.subject) if args.subject else None, quick=args.quick,
+                 sync_real=Path(args.sync_real) if args.sync_real else None,
+                 sync_real_audio=Path(args.sync_real_audio) if args.sync_real_audio else None,
+                 sync_seconds=args.sync_seconds)
     failed = [k for k, v in report["stages"].items() if "error" in v]
     sys.stdout.write(markdown(report))  # the report is this command's output
     return 1 if failed else 0

@@ -168,3 +168,16 @@ def test_sample_dub_follows_real_mouth_cli(halves, weights_dir):
     assert dub["outer_r"] - tpl["outer_r"] >= 0.4
     assert abs(dub["inner_lag"]) <= 2  # in time (+-80 ms)
     assert 0.3 <= dub["inner_amplitude"] <= 2.0  # the mouth moves, neither frozen nor wild
+
+
+@pytest.mark.slow
+def test_bench_sync_stage(halves, tmp_path):
+    """The benchmark's sync stage: dub the real video's first seconds of speech, score them."""
+    from studio.bench import sync_stage
+
+    out = sync_stage(SAMPLE, halves["template"], halves["real"], None, 4.0, tmp_path)
+    assert out["frames"] == 100 and out["speech_seconds"] == 4.0
+    for key in ("dub_inner_r", "template_inner_r", "energy_inner_r", "dub_inner_lag", "dub_inner_amplitude"):
+        assert key in out
+    assert out["audio_match_r"] > 0.99 and out["dub_wall_s"] > 0
+    json.dumps(out, allow_nan=False)
