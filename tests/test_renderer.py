@@ -174,17 +174,39 @@ def test_optimizer_state_survives_safetensors_and_json():
 
 # -- checkpoints -------------------------------------------------------------------------------
 
-def test_checkpoint_round_trip_renders_bit_identical(tmp_path):
+def test_checkpoint_round_trip_renders_the_same(tmp_path):
+    """Saved and loaded, a renderer renders what it rendered before saving.
+
+    Before/after comparisons use the same batch size (and threads, machine): exact. Across batch
+    sizes the arithmetic is grouped differently (oneDNN/MKL kernels differ by CPU and batch shape),
+    so there only a tolerance holds: float outputs within atol 5e-5 (about 10x the ~5e-6 seen
+    between a batch of 1 and of 3; one grey level is 2/255 ~ 7.8e-3), uint8 frames within 1 grey
+    level (a float difference that small can flip the rounding of a pixel by one level, no more)."""
     torch.manual_seed(1)
     cfg = tiny(64)
     g = build_generator(cfg)
     maps = random_pairs(3).maps
-    before = NeuralRenderer(g, cfg, "cpu").render(maps)
+    original = NeuralRenderer(g, cfg, "cpu")
+    before = original.render(maps)  # one batch of 3
+    before_one = original.render_frame(maps[1], maps[1])  # a batch of 1
+    with torch.inference_mode():
+        before_float = g(to_tensor(maps))
     save_checkpoint(tmp_path, g, cfg, step=7)
     loaded = NeuralRenderer.load(tmp_path, device="cpu")
     assert loaded.cfg == cfg and loaded.info["step"] == 7
+    # the weights themselves come back bit for bit (no arithmetic involved)
+    for k, v in g.state_dict().items():
+        assert torch.equal(loaded.generator.state_dict()[k], v), k
+    # same batch size before and after: the same frames
     assert np.array_equal(loaded.render(maps), before)
-    assert np.array_equal(loaded.render_frame(maps[1], maps[1]), before[1])
+    assert np.array_equal(loaded.render_frame(maps[1], maps[1]), before_one)
+    with torch.inference_mode():
+        assert torch.equal(loaded.generator(to_tensor(maps)), before_float)
+    # a batch of 1 against the batch of 3: equal within the tolerance above, never bit for bit
+    with torch.inference_mode():
+        one_by_one = torch.cat([loaded.generator(to_tensor(maps[i:i + 1])) for i in range(len(maps))])
+    torch.testing.assert_close(one_by_one, before_float, rtol=0, atol=5e-5)
+    assert np.abs(before_one.astype(int) - before[1]).max() <= 1
     NeuralRenderer.load(tmp_path, device="cpu", expect=cfg, size=64)
 
 
