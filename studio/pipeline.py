@@ -245,7 +245,8 @@ class Pipeline:
             n = max(1, int(round(speech.seconds * fps)))
             idx = extend_template(n, template.meta.frames)
             audio = features_for_video(speech.signal, fps, n)
-            talk, coefs = model.predict(audio, template.pose[idx], template.cheek[idx], return_coefs=True)
+            talk, coefs = model.predict(audio, template.pose[idx], template.cheek[idx], fps=fps,
+                                        return_coefs=True)
             energy = frame_energy(speech.signal, n, fps)
             return Prediction(talk, coefs, idx, energy, fps, variant, key)
 

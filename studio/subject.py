@@ -29,17 +29,14 @@ import numpy as np
 
 from studio.errors import CheckpointError, InputError
 from studio.fsutil import sha256_file, write_json_atomic
+from studio.models import VARIANT_LABELS  # noqa: F401  (re-exported for the UI)
+from studio.models import VARIANTS as ALL_VARIANTS
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "subject.json"
 FORMAT = "lip-sync-studio/subject"
 VERSION = 1
-ALL_VARIANTS = ("ours", "no-pose", "g1-pose", "g2-pose", "no-cheek", "lstm", "bilstm")
-VARIANT_LABELS = {
-    "no-pose": "No pose", "g1-pose": "G1 pose", "g2-pose": "G2 pose", "ours": "Ours",
-    "no-cheek": "No cheek", "lstm": "LSTM", "bilstm": "BiLSTM",
-}
 
 Progress = Callable[[str, float], None]  # (stage description, fraction 0..1)
 

@@ -1,5 +1,7 @@
 """Audio -> landmark mapping networks: the cascaded TCN and its variants (tcn.py) and the RNN
-baselines (baselines.py). ``build_model(variant, spec)`` makes any of the seven by name.
+baselines (baselines.py). ``build_model(model_config(variant, spec))`` makes any of them by name: the
+cascade (``ours``), the paper's ablations of it, ``ours-paper`` (the paper-literal conditioning,
+see ``conditioning.py``) and the two RNN baselines.
 
 Importing this package imports nothing heavy; torch is loaded with the submodules.
 """
@@ -8,9 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-CASCADE_VARIANTS = ("ours", "no-pose", "g1-pose", "g2-pose", "no-cheek")
+CASCADE_VARIANTS = ("ours", "ours-paper", "no-pose", "g1-pose", "g2-pose", "no-cheek")
 BASELINE_VARIANTS = ("lstm", "bilstm")
 VARIANTS = CASCADE_VARIANTS + BASELINE_VARIANTS
+VARIANT_LABELS = {
+    "ours": "Ours", "ours-paper": "Ours (paper cond.)", "no-pose": "No pose", "g1-pose": "G1 pose",
+    "g2-pose": "G2 pose", "no-cheek": "No cheek", "lstm": "LSTM", "bilstm": "BiLSTM",
+}
 
 
 def model_config(variant: str, settings: dict[str, Any] | None = None):
@@ -25,8 +31,7 @@ def model_config(variant: str, settings: dict[str, Any] | None = None):
     if variant in CASCADE_VARIANTS:
         from studio.models.tcn import VARIANT_FLAGS, CascadeConfig
 
-        g1, g2, cheek = VARIANT_FLAGS[variant]
-        settings.update(pose_in_g1=g1, pose_in_g2=g2, use_cheek=cheek)
+        settings.update(VARIANT_FLAGS[variant])
         return from_dict(CascadeConfig, settings, where=f"model settings of {variant}")
     if variant in BASELINE_VARIANTS:
         from studio.models.baselines import BaselineConfig

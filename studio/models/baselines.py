@@ -41,8 +41,11 @@ class BaselineConfig:
     dropout: float = 0.0
     audio_dim: int = N_FILTERS
     pca_dim: int = PCA_DIM
+    audio_norm: str = "utterance"  # as CascadeConfig.audio_norm
 
     def __post_init__(self) -> None:
+        if self.audio_norm not in ("utterance", "none"):
+            raise ValueError(f"audio_norm must be 'utterance' or 'none', got {self.audio_norm!r}")
         if self.kind not in BASELINES:
             raise ValueError(f"unknown baseline {self.kind!r}; known: {BASELINES}")
         if self.hidden < 1 or self.layers < 1 or self.delay < 0:

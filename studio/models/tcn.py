@@ -50,13 +50,15 @@ from studio.face.layout import CHEEK_DIM, PCA_DIM, TALK_DIM
 
 POSE_DIM = 3
 
-# variant name -> (pose_in_g1, pose_in_g2, use_cheek)
-VARIANT_FLAGS: dict[str, tuple[bool, bool, bool]] = {
-    "ours": (True, True, True),
-    "no-pose": (False, False, True),
-    "g1-pose": (True, False, True),
-    "g2-pose": (False, True, True),
-    "no-cheek": (True, True, False),
+# variant name -> the CascadeConfig fields it fixes (the paper's ablations, plus the paper-literal
+# conditioning of "ours"; see studio.models.conditioning)
+VARIANT_FLAGS: dict[str, dict[str, object]] = {
+    "ours": {"pose_in_g1": True, "pose_in_g2": True, "use_cheek": True},
+    "ours-paper": {"pose_in_g1": True, "pose_in_g2": True, "use_cheek": True, "conditioning": "paper"},
+    "no-pose": {"pose_in_g1": False, "pose_in_g2": False, "use_cheek": True},
+    "g1-pose": {"pose_in_g1": True, "pose_in_g2": False, "use_cheek": True},
+    "g2-pose": {"pose_in_g1": False, "pose_in_g2": True, "use_cheek": True},
+    "no-cheek": {"pose_in_g1": True, "pose_in_g2": True, "use_cheek": False},
 }
 
 
@@ -76,8 +78,16 @@ class CascadeConfig:
     cheek_dim: int = CHEEK_DIM
     pca_dim: int = PCA_DIM
     talk_dim: int = TALK_DIM
+    conditioning: str = "rigid"  # studio.models.conditioning: "rigid" (leak-free) or "paper"
+    audio_norm: str = "utterance"  # per-sequence standardization of the audio features, or "none"
 
     def __post_init__(self) -> None:
+        from studio.models.conditioning import AUDIO_NORMS, CONDITIONINGS
+
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {self.audio_norm!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for symmetric padding, got {self.kernel_size}")
         if self.channels < 1 or not self.dilations or min(self.dilations) < 1:
@@ -87,11 +97,10 @@ class CascadeConfig:
 
     @classmethod
     def for_variant(cls, variant: str, **kw) -> "CascadeConfig":
-        """The config of a named variant (ours, no-pose, g1-pose, g2-pose, no-cheek)."""
+        """The config of a named variant (ours, ours-paper, no-pose, g1-pose, g2-pose, no-cheek)."""
         if variant not in VARIANT_FLAGS:
             raise ValueError(f"unknown cascade variant {variant!r}; known: {sorted(VARIANT_FLAGS)}")
-        g1, g2, cheek = VARIANT_FLAGS[variant]
-        return cls(pose_in_g1=g1, pose_in_g2=g2, use_cheek=cheek, **kw)
+        return cls(**{**kw, **VARIANT_FLAGS[variant]})
 
 
 def receptive_field(cfg: CascadeConfig) -> dict[str, int]:

@@ -30,13 +30,12 @@ import numpy as np
 from studio.data.clip import Clip
 from studio.errors import InputError
 from studio.fsutil import atomic_path
-from studio.models import VARIANTS
+from studio.models import VARIANT_LABELS, VARIANTS
 
 log = logging.getLogger(__name__)
 
-TABLE_ORDER = ("no-pose", "g1-pose", "g2-pose", "ours", "no-cheek", "lstm", "bilstm")
-LABELS = {"no-pose": "No pose", "g1-pose": "G1 pose", "g2-pose": "G2 pose", "ours": "Ours",
-          "no-cheek": "No cheek", "lstm": "LSTM", "bilstm": "BiLSTM"}
+TABLE_ORDER = ("no-pose", "g1-pose", "g2-pose", "ours", "no-cheek", "ours-paper", "lstm", "bilstm")
+LABELS = VARIANT_LABELS
 METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "train_cpu_seconds", "inference_seconds_5min", "mouth_rmse_px",
            "jaw_rmse_px", "velocity_rmse_px", "epochs")
 # rows of table.md: (metric, label, scaled as an MSE)

@@ -6,6 +6,8 @@ Layout of CKPT_DIR::
                        summary -- written LAST by the trainer: its presence means "complete"
     model.safetensors  the network's weights (best validation epoch)
     norm.npz           per-subject normalization statistics (NormStats), allow_pickle=False
+    conditioning.npz   the cheek-from-pose regression (``rigid`` conditioning only; see
+                       studio.models.conditioning)
     mouth_pca.npz/json the mouth PCA (studio.face.pca.MouthPCA)
     train_log.csv/json per-epoch losses (for people; not needed to load)
 
@@ -37,7 +39,8 @@ from studio.fsutil import atomic_path
 log = logging.getLogger(__name__)
 
 FORMAT = "lip-sync-studio/mapping"
-VERSION = 1
+VERSION = 2  # 2: conditioning + audio_norm in the model settings (1: the paper's raw inputs)
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 NORM_NAME = "norm.npz"
@@ -147,8 +150,9 @@ class MappingModel:
     """A trained mapping network with its PCA and normalization statistics, ready to predict."""
 
     def __init__(self, net, variant: str, config: dict[str, Any], pca: MouthPCA, norm: NormStats,
-                 directory: Path | None = None) -> None:
+                 directory: Path | None = None, rigid=None) -> None:
         self.net = net.eval()
+        self.rigid = rigid  # studio.models.conditioning.RigidCheek, for rigid conditioning
         self.variant = variant
         self.config = config
         self.pca = pca
@@ -183,31 +187,54 @@ class MappingModel:
             raise CheckpointError(f"{cfg_path} is unreadable: {exc}.", _HINT) from None
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise CheckpointError(f"{cfg_path} is not a mapping checkpoint config.", _HINT)
-        if config.get("version") != VERSION:
-            raise CheckpointError(f"{cfg_path} has version {config.get('version')}, this studio reads {VERSION}.",
-                                  _HINT)
+        if config.get("version") not in READABLE_VERSIONS:
+            raise CheckpointError(f"{cfg_path} has version {config.get('version')}, this studio reads "
+                                  f"{', '.join(map(str, READABLE_VERSIONS))}.", _HINT)
         variant = config.get("variant")
         if not isinstance(config.get("model"), dict):
             raise CheckpointError(f"{cfg_path} lacks the model settings.", _HINT)
+        if config["version"] == 1:  # trained before conditioning existed: the paper's raw inputs
+            config["model"] = {**config["model"], "audio_norm": "none"}
+            if "pose_in_g1" in config["model"]:
+                config["model"]["conditioning"] = "paper"
         net = model_from_config(str(variant), config["model"])
         load_weights(net, directory / WEIGHTS_NAME)
         pca = MouthPCA.load(directory)
         norm = NormStats.load(directory / NORM_NAME)
+        rigid = None
+        if getattr(net.cfg, "conditioning", "paper") == "rigid":
+            from studio.models.conditioning import CONDITIONING_NAME, RigidCheek
+
+            rigid = RigidCheek.load(directory / CONDITIONING_NAME)
         if pca.n_components != (net.cfg.pca_dim):
             raise CheckpointError(f"{directory}: the PCA has {pca.n_components} components, "
                                   f"the model {net.cfg.pca_dim}.", _HINT)
-        return cls(net, str(variant), config, pca, norm, directory)
+        return cls(net, str(variant), config, pca, norm, directory, rigid)
 
-    def predict(self, audio: np.ndarray, pose: np.ndarray, cheek: np.ndarray, *,
+    def conditioning(self, audio: np.ndarray, pose: np.ndarray, cheek: np.ndarray,
+                     fps: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The inputs the network sees for raw ones (studio.models.conditioning), not standardized."""
+        from studio.models import conditioning as cond
+
+        cfg = self.net.cfg
+        audio = cond.normalize_audio(audio, getattr(cfg, "audio_norm", "none"))
+        mode = getattr(cfg, "conditioning", "paper")
+        pose, cheek = cond.condition(mode, pose, cheek, self.fps if fps is None else fps, self.rigid)
+        return audio, pose, cheek
+
+    def predict(self, audio: np.ndarray, pose: np.ndarray, cheek: np.ndarray, *, fps: float | None = None,
                 return_coefs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """audio (4T, 26) logfbank, pose (T, 3) degrees, cheek (T, 16) normalized -> (T, 58).
 
+        The template's RAW pose and cheek points: the model's conditioning decides what of them
+        the network sees (``fps``, default the training footage's, sets the rigid low-pass).
         One pass over the whole sequence. With ``return_coefs`` also the (T, 13) PCA mouth
         coefficients the network produced (G1's output; the baselines' only output).
         """
         import torch
 
         audio, pose, cheek = _check_predict_inputs(audio, pose, cheek)
+        audio, pose, cheek = self.conditioning(audio, pose, cheek, fps)
         n = self.norm
         a = (audio - n.audio_mean) / n.audio_std
         p = (pose - n.pose_mean) / n.pose_std

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -153,7 +154,7 @@ def evaluate_model(model: MappingModel, clips: Sequence[Clip | ClipArrays],
         b, truth, mask, name = target_talk(c, span, target)
         if b.frames < 2:
             continue
-        pred = model.predict(b.audio, b.pose, b.cheek)
+        pred = model.predict(b.audio, b.pose, b.cheek, fps=b.fps)
         names.add(name)
         for k, v in error_sums(pred, truth, mask).items():
             total[k] = total.get(k, 0.0) + v
@@ -164,15 +165,159 @@ def evaluate_model(model: MappingModel, clips: Sequence[Clip | ClipArrays],
     return out
 
 
+# -- the dubbing protocol ---------------------------------------------------------------------
+PROTOCOLS = ("paper", "dubbing")
+
+
+@dataclass(frozen=True, eq=False)
+class Track:
+    """One clip's frames in a time span, as the dubbing evaluation needs them.
+
+    landmarks (T, 68, 2) pixels, centre (T, 2), scale (T,), valid (T,), pose (T, 3), cheek (T, 16),
+    audio (4T, 26), energy (T,) RMS of the clip's speech per frame (zeros without audio), fps.
+    ``truth`` (T, 68, 2): what the speech's face really did -- the noise-free ground truth of a
+    synthetic clip, else the detected landmarks.
+    """
+
+    name: str
+    landmarks: np.ndarray
+    truth: np.ndarray
+    centre: np.ndarray
+    scale: np.ndarray
+    valid: np.ndarray
+    pose: np.ndarray
+    cheek: np.ndarray
+    audio: np.ndarray
+    energy: np.ndarray
+    fps: float
+
+    @property
+    def frames(self) -> int:
+        return len(self.valid)
+
+
+def track(clip: Clip, span: tuple[float, float] = (0.0, 1.0)) -> Track:
+    """The frames of ``clip`` in the fractional time ``span`` as a :class:`Track`."""
+    from studio.audio import frame_energy
+    from studio.media import read_audio
+
+    a, b = span_frames(clip.meta.frames, span)
+    fps = float(clip.meta.fps)
+    energy = np.zeros(clip.meta.frames, np.float32)
+    if clip.audio_path is not None and clip.meta.audio_seconds > 0:
+        energy = frame_energy(read_audio(clip.audio_path), clip.meta.frames, fps)
+    truth = clip.gt_landmarks if clip.gt_landmarks is not None else clip.landmarks
+    name = str(clip.directory) if clip.directory is not None else clip.meta.source
+    return Track(name, clip.landmarks[a:b], truth[a:b], clip.centre[a:b], clip.scale[a:b], clip.valid[a:b],
+                 clip.pose[a:b], clip.cheek[a:b], clip.audio[4 * a:4 * b], energy[a:b], fps)
+
+
+def dub_landmarks(talk: np.ndarray, template: Track, index: np.ndarray) -> np.ndarray:
+    """Predicted normalized talking points (N, 58) put into template frames ``index`` (N,):
+    (N, 68, 2) pixels, the rest of each face from the template (what the renderer draws)."""
+    from studio.train.checkpoint import to_pixels
+
+    pts = to_pixels(talk, template.centre[index], template.scale[index])
+    return layout.with_talking(template.landmarks[index], pts.reshape(len(index), layout.TALK_DIM))
+
+
+def dub_predict(model: MappingModel, speech: Track, template: Track) -> tuple[np.ndarray, np.ndarray]:
+    """Dub ``speech``'s audio onto ``template`` as the studio does; returns (landmarks (N, 68, 2)
+    in template pixels at the template's fps, template frame index (N,))."""
+    from studio.metrics import resample
+    from studio.train.checkpoint import extend_template
+
+    n = max(1, int(round(speech.frames / speech.fps * template.fps)))
+    audio = resample(speech.audio, 4 * speech.fps, 4 * n, 4 * template.fps).astype(np.float32)
+    idx = extend_template(n, template.frames)
+    talk = model.predict(audio, template.pose[idx], template.cheek[idx], fps=template.fps)
+    return dub_landmarks(talk, template, idx), idx
+
+
+def on_speech_frames(points: np.ndarray, fps: float, speech: Track) -> np.ndarray:
+    """A (N, 68, 2) track at ``fps`` resampled to the speech clip's frames (T, 68, 2)."""
+    from studio.metrics import resample
+
+    return resample(points, fps, speech.frames, speech.fps)
+
+
+def dubbing_scores(model: MappingModel, speech: Track, template: Track) -> dict[str, dict[str, float]]:
+    """The dubbing protocol for one (speech clip, template clip) pair; rows of
+    ``studio.metrics.compare_tracks`` against the speech clip's real landmarks (``truth``):
+
+    - ``dub``: the model driven by the speech's audio with the TEMPLATE's pose and cheek points;
+    - ``template``: no lip sync at all (the template's own mouth over the same frames);
+    - ``energy``: a linear fit of the speech's per-frame log RMS energy (openings only);
+    - ``paper``: the paper's protocol, the model given the speech clip's OWN pose and cheek.
+    """
+    from studio.metrics import compare_tracks, score_energy
+
+    mask = speech.valid
+    dub, idx = dub_predict(model, speech, template)
+    rows = {"dub": compare_tracks(on_speech_frames(dub, template.fps, speech), speech.truth, mask),
+            "template": compare_tracks(on_speech_frames(template.landmarks[idx], template.fps, speech),
+                                       speech.truth, mask)}
+    if float(np.max(speech.energy)) > 0:
+        rows["energy"] = score_energy(speech.energy, speech.truth, mask)
+    own = np.arange(speech.frames)
+    talk = model.predict(speech.audio, speech.pose, speech.cheek, fps=speech.fps)
+    rows["paper"] = compare_tracks(dub_landmarks(talk, speech, own), speech.truth, mask)
+    return rows
+
+
+def evaluate_dubbing(model: MappingModel, speech_clips: Sequence[Clip], template: Clip,
+                     span: tuple[float, float] = (0.0, 1.0),
+                     template_span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Dub each speech clip's ``span`` onto ``template``'s ``template_span``; frame-weighted means
+    of every score over the clips, per row (see :func:`dubbing_scores`)."""
+    tpl = track(template, template_span)
+    if tpl.frames < 2:
+        raise InputError("The template span has fewer than two frames.", "Give a longer template or span.")
+    sums: dict[str, dict[str, float]] = {}
+    weights: dict[str, float] = {}
+    per_clip = []
+    for clip in speech_clips:
+        sp = track(clip, span)
+        if sp.frames < 2:
+            continue
+        rows = dubbing_scores(model, sp, tpl)
+        per_clip.append({"speech": sp.name, "frames": sp.frames, **{f"{r}_inner_r": v["inner_r"]
+                                                                   for r, v in rows.items()}})
+        for row, vals in rows.items():
+            acc = sums.setdefault(row, {})
+            for k, v in vals.items():
+                acc[k] = acc.get(k, 0.0) + float(v) * sp.frames
+            weights[row] = weights.get(row, 0.0) + sp.frames
+    if not sums:
+        raise InputError("No speech frames to evaluate on.", "Give clips with at least two frames in the span.")
+    out: dict[str, Any] = {row: {k: v / weights[row] for k, v in acc.items()} for row, acc in sums.items()}
+    out["clips"] = per_clip
+    out["template"] = {**out["template"], "clip": tpl.name}
+    return out
+
+
 def evaluate(ckpt_dir: str | os.PathLike[str] | MappingModel, clips: Sequence[Clip | ClipArrays],
              span: tuple[float, float] = (0.0, 1.0), timing: bool = True,
-             threads: int | None = None, target: str = "auto") -> dict[str, Any]:
+             threads: int | None = None, target: str = "auto", protocol: str = "paper",
+             template: Clip | None = None, template_span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
     """Load (if needed) and evaluate a checkpoint; adds variant, seed, training and inference time.
 
+    ``protocol``: ``paper`` (MSE with each clip's own pose and cheek) or ``dubbing`` (the
+    clips' speech dubbed onto ``template``; the sync measures of :func:`evaluate_dubbing` are
+    added under ``dubbing``, with the MSEs of the paper protocol kept beside them).
     ``threads``: torch CPU threads for the timing (None = the current setting).
     """
     model = ckpt_dir if isinstance(ckpt_dir, MappingModel) else MappingModel.load(ckpt_dir)
+    if protocol not in PROTOCOLS:
+        raise InputError(f"Unknown protocol {protocol!r}.", f"Use one of {PROTOCOLS}.")
     result = evaluate_model(model, clips, span, target)
+    result["protocol"] = protocol
+    if protocol == "dubbing":
+        if template is None:
+            raise InputError("The dubbing protocol needs a template clip.",
+                             "Pass --template CLIP_DIR: another clip of the same person than the speech clips.")
+        result["dubbing"] = evaluate_dubbing(model, [c for c in clips if isinstance(c, Clip)], template, span,
+                                             template_span)
     cfg = model.config
     res = cfg.get("result", {})
     result.update(variant=model.variant, seed=cfg.get("seed"), checkpoint=str(model.directory),
@@ -254,12 +399,37 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the timing")
     parser.add_argument("--target", choices=TARGETS, default="auto",
                         help="what to compare with (auto: ground truth of synthetic clips, else detected points)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                        help="paper: each clip's own pose and cheek (the paper's Table 1); dubbing: the clips' "
+                             "speech dubbed onto --template, compared with the clips' real mouth (what users do)")
+    parser.add_argument("--template", default=None, metavar="CLIP_DIR",
+                        help="template clip for --protocol dubbing: another clip of the same person")
+    parser.add_argument("--template-span", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                        help="fraction of the template's time to use (default: all)")
 
 
 def cli(args) -> int:
     from studio.train.mapping import load_clips
 
+    template = Clip.load(args.template) if args.template else None
     result = evaluate(Path(args.checkpoint), load_clips(args.clips), tuple(args.span), timing=not args.no_timing,
-                      threads=args.threads, target=args.target)
+                      threads=args.threads, target=args.target, protocol=args.protocol, template=template,
+                      template_span=tuple(args.template_span))
+    if "dubbing" in result:
+        log.info("%s", dubbing_text(result["dubbing"]))
     print(json.dumps(result))
     return 0
+
+
+def dubbing_text(d: dict[str, Any]) -> str:
+    """A short human-readable table of :func:`evaluate_dubbing`'s rows."""
+    lines = ["row        inner r  lag  r@lag  ampl   outer r  chin r  chin ampl  mouth LMD"]
+    for row in ("dub", "template", "energy", "paper"):
+        if row not in d:
+            continue
+        v = d[row]
+        lmd = f"{v['mouth_lmd']:.3f}" if "mouth_lmd" in v else "  n/a"
+        lines.append(f"{row:<10} {v['inner_r']:7.3f} {v['inner_lag']:4.1f} {v['inner_r_best']:6.3f} "
+                     f"{v['inner_amplitude']:5.2f}  {v['outer_r']:7.3f} {v['chin_r']:7.3f} "
+                     f"{v['chin_amplitude']:9.2f}  {lmd}")
+    return "\n".join(lines)

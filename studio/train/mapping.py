@@ -45,9 +45,12 @@ from studio.config import from_dict, load_preset, to_dict
 from studio.data.clip import Clip
 from studio.errors import InputError
 from studio.face import layout
+from studio.face.frontal import move_talk
 from studio.face.pca import MouthPCA
 from studio.fsutil import atomic_path, write_json_atomic
 from studio.models import VARIANTS, model_config
+from studio.models import conditioning as cond
+from studio.models.conditioning import RigidCheek
 from studio.train import checkpoint as ck
 from studio.train.windows import ClipArrays, clip_arrays, gather, split_train_val, window_starts
 
@@ -77,6 +80,9 @@ class TrainConfig:
     gap: int = -1  # frames between the training and validation blocks; -1 = one window
     val_stride: int = 32
     threads: int = 1  # torch CPU threads while training; 0 = leave torch's setting
+    # Probability that a training window's pose and cheek come from another random training
+    # window, its target re-drawn in that pose (studio.face.frontal); rigid conditioning only.
+    swap_conditioning: float = 1.0
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.stride < 1 or self.batch_size < 1 or self.max_epochs < 1:
@@ -164,13 +170,17 @@ class PreparedData:
     val_index: np.ndarray
     pca: MouthPCA
     norm: ck.NormStats
+    rigid: RigidCheek | None  # the fitted cheek-from-pose regression (rigid conditioning)
+    geom_pose: list[np.ndarray] | None  # (T, 3) conditioned pose in degrees (rigid conditioning)
     train_frames: int
     val_frames: int
     fps: float
 
 
-def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig) -> PreparedData:
-    """Split, fit PCA + NormStats on the training frames, standardize, index windows."""
+def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig, conditioning: str = "paper",
+            audio_norm: str = "none") -> PreparedData:
+    """Split, condition (``studio.models.conditioning``), fit PCA + NormStats on the training
+    frames, standardize, index windows."""
     train_idx, val_idx, tr_sel, n_val = [], [], [], 0
     for i, b in enumerate(blocks):
         (t0, t1), (v0, v1) = split_train_val(b.frames, tc.val_fraction, tc.gap_frames)
@@ -193,35 +203,59 @@ def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig) -> PreparedData:
                          "of the clips.", "Give longer clips, or lower mapping_train.val_fraction.")
     mouth = np.concatenate([b.talk[s, layout.TALK_MOUTH] for b, s in zip(blocks, tr_sel)])
     pca = MouthPCA.fit(mouth)
+    audio = [cond.normalize_audio(b.audio, audio_norm) for b in blocks]
+    rigid = None
+    if conditioning == "rigid":
+        poses = [cond.smooth_pose(b.pose, b.fps) for b in blocks]
+        rigid = cond.RigidCheek.fit(np.concatenate([p[s] for p, s in zip(poses, tr_sel)]),
+                                    np.concatenate([b.cheek[s] for b, s in zip(blocks, tr_sel)]))
+        cheeks = [rigid(p) for p in poses]
+    else:
+        poses, cheeks = [b.pose for b in blocks], [b.cheek for b in blocks]
     audio_sel = [np.repeat(s, APF) for s in tr_sel]
     norm = ck.NormStats.fit(
-        np.concatenate([b.audio[s] for b, s in zip(blocks, audio_sel)]),
-        np.concatenate([b.pose[s] for b, s in zip(blocks, tr_sel)]),
-        np.concatenate([b.cheek[s] for b, s in zip(blocks, tr_sel)]),
+        np.concatenate([a[s] for a, s in zip(audio, audio_sel)]),
+        np.concatenate([p[s] for p, s in zip(poses, tr_sel)]),
+        np.concatenate([c[s] for c, s in zip(cheeks, tr_sel)]),
         np.concatenate([b.talk[s] for b, s in zip(blocks, tr_sel)]), pca.coef_std)
     f32 = np.float32
     return PreparedData(
-        audio=[((b.audio - norm.audio_mean) / norm.audio_std).astype(f32) for b in blocks],
-        pose=[((b.pose - norm.pose_mean) / norm.pose_std).astype(f32) for b in blocks],
-        cheek=[((b.cheek - norm.cheek_mean) / norm.cheek_std).astype(f32) for b in blocks],
+        audio=[((a - norm.audio_mean) / norm.audio_std).astype(f32) for a in audio],
+        pose=[((p - norm.pose_mean) / norm.pose_std).astype(f32) for p in poses],
+        cheek=[((c - norm.cheek_mean) / norm.cheek_std).astype(f32) for c in cheeks],
         talk=[b.talk.astype(f32) for b in blocks],
         coef=[pca.transform(b.talk[:, layout.TALK_MOUTH]) for b in blocks],
-        train_index=train_index, val_index=val_index, pca=pca, norm=norm,
+        train_index=train_index, val_index=val_index, pca=pca, norm=norm, rigid=rigid,
+        geom_pose=poses if rigid is not None else None,
         train_frames=int(sum(s.sum() for s in tr_sel)),
         val_frames=n_val,
         fps=float(np.median([b.fps for b in blocks])),
     )
 
 
-def make_batch(data: PreparedData, index: np.ndarray, window: int) -> dict:
+def make_batch(data: PreparedData, index: np.ndarray, window: int, cond_index: np.ndarray | None = None) -> dict:
+    """Windows ``index`` (N, 2) as tensors; with ``cond_index`` (N, 2) the pose and cheek come from
+    those windows instead and the targets are re-drawn in their head pose (``studio.face.frontal``)."""
     import torch
 
+    talk, coef = gather(data.talk, index, window), gather(data.coef, index, window)
+    if cond_index is None:
+        cond_index = index
+    else:
+        moved = np.any(cond_index != index, axis=1)
+        if moved.any():
+            assert data.geom_pose is not None, "conditioning swaps need rigid conditioning"
+            src = gather(data.geom_pose, index[moved], window).reshape(-1, 3)
+            dst = gather(data.geom_pose, cond_index[moved], window).reshape(-1, 3)
+            new = move_talk(talk[moved].reshape(-1, layout.TALK_DIM), src, dst)
+            talk[moved] = new.reshape(-1, window, layout.TALK_DIM)
+            coef[moved] = data.pca.transform(new[:, layout.TALK_MOUTH]).reshape(-1, window, layout.PCA_DIM)
     return {
         "audio": torch.from_numpy(gather(data.audio, index, window, APF)),
-        "pose": torch.from_numpy(gather(data.pose, index, window)),
-        "cheek": torch.from_numpy(gather(data.cheek, index, window)),
-        "talk": torch.from_numpy(gather(data.talk, index, window)),
-        "coef": torch.from_numpy(gather(data.coef, index, window)),
+        "pose": torch.from_numpy(gather(data.pose, cond_index, window)),
+        "cheek": torch.from_numpy(gather(data.cheek, cond_index, window)),
+        "talk": torch.from_numpy(np.ascontiguousarray(talk, np.float32)),
+        "coef": torch.from_numpy(np.ascontiguousarray(coef, np.float32)),
     }
 
 
@@ -342,7 +376,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     if resume and done and done.get("fingerprint") == fp:
         log.info("%s already holds this trained model; nothing to do", out)
         return out
-    data = prepare(blocks, tc)
+    data = prepare(blocks, tc, getattr(st.model, "conditioning", "paper"), st.model.audio_norm)
 
     torch.manual_seed(seed)
     net = ck.model_from_config(variant, to_dict(st.model))
@@ -362,6 +396,8 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         out.mkdir(parents=True, exist_ok=True)
         data.pca.save(out)
         data.norm.save(out / ck.NORM_NAME)
+        if data.rigid is not None:
+            data.rigid.save(out / cond.CONDITIONING_NAME)
         ck.save_weights(net, out / ck.WEIGHTS_NAME)
     else:
         log.info("resuming %s from epoch %d", out, info["state_epoch"])
@@ -385,11 +421,15 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(int(rng.integers(2**62)))
             order = data.train_index[rng.permutation(len(data.train_index))]
+            cond_order = order
+            if data.geom_pose is not None and tc.swap_conditioning > 0:
+                other = data.train_index[rng.integers(len(data.train_index), size=len(order))]
+                cond_order = np.where((rng.random(len(order)) < tc.swap_conditioning)[:, None], other, order)
             net.train()
             tr_sum, tr_n = 0.0, 0
             for i in range(0, len(order), tc.batch_size):
                 sub = order[i:i + tc.batch_size]
-                batch = make_batch(data, sub, tc.window)
+                batch = make_batch(data, sub, tc.window, cond_order[i:i + tc.batch_size])
                 coef, talk = forward_physical(net, batch, pca_t)
                 loss = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)["all"]
                 opt.zero_grad(set_to_none=True)
