@@ -259,7 +259,7 @@ def test_perfect_prediction_scores_zero():
         def __init__(self, clip):
             self.gt = layout.talking_vector(normalize(clip.gt_landmarks, clip.centre, clip.scale))
 
-        def predict(self, audio, pose, cheek):
+        def predict(self, audio, pose, cheek, fps=None):
             return self.gt.copy()
 
     clip = tiny_clip(100, 3, synthetic=True)

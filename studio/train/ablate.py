@@ -37,21 +37,36 @@ log = logging.getLogger(__name__)
 TABLE_ORDER = ("no-pose", "g1-pose", "g2-pose", "ours", "no-cheek", "ours-paper", "lstm", "bilstm")
 LABELS = VARIANT_LABELS
 METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "train_cpu_seconds", "inference_seconds_5min", "mouth_rmse_px",
-           "jaw_rmse_px", "velocity_rmse_px", "epochs")
+           "jaw_rmse_px", "velocity_rmse_px", "epochs",
+           # dubbing protocol (studio.train.evaluate.dubbing_pairs): the model's dub, and the paper protocol
+           "dub_inner_r", "dub_inner_lag", "dub_inner_r_best", "dub_inner_amplitude", "dub_outer_r", "dub_chin_r",
+           "dub_chin_amplitude", "dub_mouth_lmd", "template_inner_r", "energy_inner_r", "energy_inner_r_best",
+           "paper_inner_r", "paper_chin_r", "paper_mouth_lmd")
 # rows of table.md: (metric, label, scaled as an MSE)
 ROWS = (("mouth_mse", "Mouth MSE", True), ("jaw_mse", "Jaw MSE", True),
         ("train_seconds", "Train (s)", False), ("train_cpu_seconds", "Train CPU (s)", False),
         ("inference_seconds_5min", "Infer 5 min (s)", False),
         ("mouth_rmse_px", "Mouth RMSE (px @720)", False), ("jaw_rmse_px", "Jaw RMSE (px @720)", False),
         ("velocity_rmse_px", "Velocity error (px/frame @720)", False))
+# rows of the dubbing-protocol table: (metric, label)
+DUB_ROWS = (("dub_inner_r", "Dub: inner-lip opening r"), ("dub_inner_r_best", "Dub: r at best lag"),
+            ("dub_inner_lag", "Dub: best lag (frames)"), ("dub_inner_amplitude", "Dub: amplitude (pred/real std)"),
+            ("dub_outer_r", "Dub: outer-lip opening r"), ("dub_chin_r", "Dub: chin drop r"),
+            ("dub_chin_amplitude", "Dub: chin amplitude"), ("dub_mouth_lmd", "Dub: mouth-shape LMD"),
+            ("template_inner_r", "Dub: r with the TEMPLATE's own mouth"),
+            ("paper_inner_r", "Paper protocol: inner-lip opening r"), ("paper_chin_r", "Paper protocol: chin r"),
+            ("paper_mouth_lmd", "Paper protocol: mouth-shape LMD"))
 
 
 def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 3, preset: str = "cpu", *,
            test_clips: Sequence[Clip] | None = None, test_fraction: float = 0.2,
            variants: Sequence[str] = TABLE_ORDER, progress: bool = False, timing: bool = True,
            threads: int | None = None, target: str = "auto", models_dir: str | os.PathLike[str] | None = None,
-           **train_overrides: Any):
+           protocol: str = "dubbing", **train_overrides: Any):
     """Train + evaluate ``variants`` x ``seeds``; write the tables and figure; return table (DataFrame).
+
+    ``protocol``: ``dubbing`` (default) also dubs each test clip's speech onto a template from
+    another clip (:func:`dubbing_plan`) and adds the sync measures; ``paper`` only the MSEs.
 
     ``target``: what to compare with (see ``studio.train.evaluate.TARGETS``). ``models_dir``: where
     the checkpoints live (default out_dir/models); finished ones are reused, so a second table
@@ -60,7 +75,8 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
     import pandas as pd
     from tqdm import tqdm
 
-    from studio.train.evaluate import evaluate
+    from studio.train.checkpoint import MappingModel
+    from studio.train.evaluate import dubbing_pairs, evaluate
     from studio.train.mapping import train_mapping
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -77,12 +93,17 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = Path(models_dir) if models_dir is not None else out / "models"
+    if protocol not in ("dubbing", "paper"):
+        raise InputError(f"Unknown protocol {protocol!r}.", "Use dubbing or paper.")
+    plan = dubbing_plan(clips, tests, train_span, test_span) if protocol == "dubbing" else []
     rows = []
     jobs = [(v, s) for s in range(seeds) for v in variants]  # a whole first seed comes first
     for variant, seed in tqdm(jobs, desc="ablation", unit="model", disable=not progress):
         ckpt = train_mapping(clips, variant, models / variant / f"seed{seed}", preset, seed,
                              span=train_span, progress=progress, **train_overrides)
         result = evaluate(ckpt, tests, test_span, timing=timing, threads=threads, target=target)
+        if protocol == "dubbing":
+            result.update(_dub_columns(dubbing_pairs(MappingModel.load(ckpt), plan)))
         log.info("%s seed %d: mouth %.4g jaw %s train %.0f s", variant, seed, result["mouth_mse"],
                  result["jaw_mse"], result["train_seconds"])
         rows.append({"variant": variant, **{k: result.get(k) for k in ("seed", *METRICS, "frames", "target")}})
@@ -96,6 +117,26 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
     with atomic_path(out / "figure.html") as tmp:
         figure(table).write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
     return table
+
+
+def dubbing_plan(train_clips: Sequence[Clip], tests: Sequence[Clip], train_span: tuple[float, float],
+                 test_span: tuple[float, float]) -> list[tuple]:
+    """(speech clip, span, template clip, span) pairs for the dubbing protocol: each test clip's
+    speech on the training part of ANOTHER clip (the next one in the list; a subject with one clip
+    uses its own training part, other moments than the speech)."""
+    pairs = []
+    for i, clip in enumerate(tests):
+        others = [c for c in train_clips if c is not clip and c.directory != clip.directory] or list(train_clips)
+        pairs.append((clip, test_span, others[i % len(others)], train_span))
+    return pairs
+
+
+def _dub_columns(d: dict) -> dict:
+    out = {}
+    for row, prefix in (("dub", "dub"), ("template", "template"), ("energy", "energy"), ("paper", "paper")):
+        for k, v in d.get(row, {}).items():
+            out[f"{prefix}_{k}"] = v
+    return out
 
 
 def aggregate(runs) -> "Any":
@@ -137,6 +178,21 @@ def markdown_table(table, seeds: int | None = None, split: str = "") -> str:
                 digits = 3 if is_mse else (3 if abs(mean) < 1 else 2)
                 cells.append(f"{mean * f:.{digits}f} ± {std * f:.{digits}f}")
         lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    if "dub_inner_r_mean" in table and table["dub_inner_r_mean"].notna().any():
+        lines.append("| **Dubbing protocol** |" + " |" * len(cols))
+        for metric, label in DUB_ROWS:
+            cells = []
+            for c in cols:
+                mean, std = recs[c].get(f"{metric}_mean"), recs[c].get(f"{metric}_std")
+                ok = mean is not None and not (isinstance(mean, float) and math.isnan(mean))
+                cells.append(f"{mean:.3f} ± {std:.3f}" if ok else "n/a")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        ref = recs[cols[0]]
+        lines.append("")
+        lines.append(f"Reference rows (same pairs, no model): no lip sync (the template's own mouth) inner r = "
+                     f"{ref.get('template_inner_r_mean', float('nan')):.3f}; speech log-energy linear fit inner r = "
+                     f"{ref.get('energy_inner_r_mean', float('nan')):.3f} (at its best lag "
+                     f"{ref.get('energy_inner_r_best_mean', float('nan')):.3f}).")
     notes = [
         "",
         f"Mean ± sample std over {seeds if seeds is not None else 'the'} seeds. {split}".rstrip(),
@@ -145,6 +201,10 @@ def markdown_table(table, seeds: int | None = None, split: str = "") -> str:
         "points. px @720: point RMSE in a 720x720 crop where the face scale is 100 px. Train: wall seconds "
         "to early stop on this (shared) CPU; Train CPU: process CPU seconds. Infer: one pass over 5 min "
         "(7,500 frames). LSTM/BiLSTM predict the mouth only (jaw n/a).",
+        "Dubbing protocol: each test clip's speech drives the model with the pose and cheek points of a template "
+        "taken from ANOTHER clip (what a user's dub does), compared with the test clip's real mouth "
+        "(studio.metrics: openings in each face's own frame; lag > 0 = late). Paper protocol: the test clip's own "
+        "pose and cheek (the paper's Table 1 conditions).",
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -195,6 +255,9 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--target", default="auto", choices=("auto", "gt", "visible", "detected"),
                         help="evaluation target (see `studio evaluate --help`)")
     parser.add_argument("--models-dir", default=None, help="checkpoint folder (default OUT/models; reused)")
+    parser.add_argument("--protocol", default="dubbing", choices=("dubbing", "paper"),
+                        help="dubbing (default): add the sync measures of each test clip's speech dubbed onto another "
+                             "clip; paper: the paper's MSEs only")
 
 
 def cli(args) -> int:
@@ -203,7 +266,7 @@ def cli(args) -> int:
     table = ablate(load_clips(args.clips), args.out, args.seeds, args.preset,
                    test_clips=load_clips(args.test) if args.test else None, test_fraction=args.test_fraction,
                    variants=args.variants, progress=True, threads=args.threads, target=args.target,
-                   models_dir=args.models_dir, max_epochs=args.max_epochs)
+                   models_dir=args.models_dir, max_epochs=args.max_epochs, protocol=args.protocol)
     print(json.dumps({"out": args.out, "variants": list(table["variant"]),
                       "mouth_mse": dict(zip(table["variant"], table["mouth_mse_mean"]))}))
     return 0

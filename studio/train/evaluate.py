@@ -268,21 +268,29 @@ def dubbing_scores(model: MappingModel, speech: Track, template: Track) -> dict[
 def evaluate_dubbing(model: MappingModel, speech_clips: Sequence[Clip], template: Clip,
                      span: tuple[float, float] = (0.0, 1.0),
                      template_span: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
-    """Dub each speech clip's ``span`` onto ``template``'s ``template_span``; frame-weighted means
-    of every score over the clips, per row (see :func:`dubbing_scores`)."""
-    tpl = track(template, template_span)
-    if tpl.frames < 2:
-        raise InputError("The template span has fewer than two frames.", "Give a longer template or span.")
+    """Dub each speech clip's ``span`` onto ``template``'s ``template_span``; see :func:`dubbing_pairs`."""
+    return dubbing_pairs(model, [(c, span, template, template_span) for c in speech_clips])
+
+
+def dubbing_pairs(model: MappingModel, pairs: Sequence[tuple[Clip, tuple[float, float], Clip, tuple[float, float]]]
+                  ) -> dict[str, Any]:
+    """The dubbing protocol over (speech clip, span, template clip, span) pairs: frame-weighted means
+    of every score of :func:`dubbing_scores`, per row, plus the per-pair inner-opening r."""
     sums: dict[str, dict[str, float]] = {}
     weights: dict[str, float] = {}
-    per_clip = []
-    for clip in speech_clips:
+    per_pair = []
+    tracks: dict[tuple[int, tuple[float, float]], Track] = {}
+    for clip, span, template, template_span in pairs:
+        key = (id(template), tuple(template_span))
+        if key not in tracks:
+            tracks[key] = track(template, template_span)
+        tpl = tracks[key]
         sp = track(clip, span)
-        if sp.frames < 2:
+        if sp.frames < 2 or tpl.frames < 2:
             continue
         rows = dubbing_scores(model, sp, tpl)
-        per_clip.append({"speech": sp.name, "frames": sp.frames, **{f"{r}_inner_r": v["inner_r"]
-                                                                   for r, v in rows.items()}})
+        per_pair.append({"speech": sp.name, "template": tpl.name, "frames": sp.frames,
+                         **{f"{r}_inner_r": v["inner_r"] for r, v in rows.items()}})
         for row, vals in rows.items():
             acc = sums.setdefault(row, {})
             for k, v in vals.items():
@@ -291,8 +299,7 @@ def evaluate_dubbing(model: MappingModel, speech_clips: Sequence[Clip], template
     if not sums:
         raise InputError("No speech frames to evaluate on.", "Give clips with at least two frames in the span.")
     out: dict[str, Any] = {row: {k: v / weights[row] for k, v in acc.items()} for row, acc in sums.items()}
-    out["clips"] = per_clip
-    out["template"] = {**out["template"], "clip": tpl.name}
+    out["pairs"] = per_pair
     return out
 
 

@@ -8,6 +8,9 @@ Loss (the paper's Eq. 1-4), with ``lambda_pca`` = 0.05 and ``lambda_int`` = 0.6 
     L_L2  = |t - G2|^2        talking points (normalized coordinates)
     L_pca = |m - G1|^2        13 PCA mouth coefficients
     L_int = |(t_i - t_{i-1}) - (G2_i - G2_{i-1})|^2   consecutive-frame differences
+    L_open = |o(t) - o(G2)|^2  ours (``lambda_open``): o = the four lip gaps and the chin's height,
+                               the few coordinates that carry articulation; the paper's L2 spreads
+                               its weight over 58 numbers most of which move with the head
 
 Each |.|^2 is the squared Frobenius norm of a window (frames x coordinates) divided by its number
 of frames and averaged over the batch: the paper's sums, up to the constant 1/64, so the
@@ -63,6 +66,26 @@ STATE_DIR = ".train_state"
 class LossConfig:
     lambda_pca: float = 0.05
     lambda_int: float = 0.6
+    lambda_open: float = 0.0  # ours: weight of L_open (inner/outer lip gaps, chin drop); 0 = the paper's loss
+
+
+# Rows of a (.., 58) talking vector whose y differences measure opening: (upper, lower) talking
+# point indices (iBUG 61-67, 62-66, 63-65 inner lip, 51-57 outer lip), and the chin (iBUG 8).
+_OPEN_PAIRS = tuple((layout.TALKING.index(a), layout.TALKING.index(b))
+                    for a, b in layout.INNER_LIP_PAIRS + ((51, 57),))
+_CHIN = layout.TALKING.index(8)
+
+
+def opening_features(talk):
+    """(B, T, 58) talking vectors (torch or numpy) -> (B, T, 5): four lip gaps and the chin's y."""
+    gaps = [talk[..., 2 * lo + 1] - talk[..., 2 * up + 1] for up, lo in _OPEN_PAIRS]
+    return _stack(gaps + [talk[..., 2 * _CHIN + 1]])
+
+
+def _stack(parts):
+    import torch
+
+    return torch.stack(parts, dim=-1) if isinstance(parts[0], torch.Tensor) else np.stack(parts, axis=-1)
 
 
 @dataclass(frozen=True)
@@ -132,7 +155,14 @@ def mapping_loss(pred_coef, pred_talk, coef, talk, cfg: LossConfig, dims: slice 
     dd = diff[:, 1:] - diff[:, :-1]  # (t_i - t_{i-1}) - (G2_i - G2_{i-1}), up to sign
     inter = dd.pow(2).sum(dim=(1, 2)).mean() / frames
     total = l2 + cfg.lambda_pca * pca + cfg.lambda_int * inter
-    return {"all": total, "l2": l2, "pca": pca, "int": inter}
+    out = {"all": total, "l2": l2, "pca": pca, "int": inter}
+    if cfg.lambda_open > 0:
+        d_open = opening_features(pred_talk) - opening_features(talk)
+        if dims != slice(None):  # mouth-only baselines: no chin
+            d_open = d_open[..., :-1]
+        out["open"] = d_open.pow(2).sum(dim=(1, 2)).mean() / frames
+        out["all"] = total + cfg.lambda_open * out["open"]
+    return out
 
 
 def forward_physical(net, batch: dict, pca_t: tuple) -> tuple:
