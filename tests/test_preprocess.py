@@ -163,6 +163,26 @@ def test_cache_reuse_and_invalidation(shared, tmp_path, counting_backend):
     assert len(counting_backend) == 4 and third.meta.frames == 21
 
 
+def test_cache_follows_the_video_to_another_path(shared, tmp_path, counting_backend):
+    """The cache is keyed by content: the same video at a new path (the old copy deleted) is not
+    recomputed, and the clip reads its frames from the new path."""
+    import shutil
+
+    first_path = tmp_path / "a" / "v.mp4"
+    first_path.parent.mkdir()
+    shutil.copy(shared / VIDEO / "theresa_may_5s.mp4", first_path)
+    out = tmp_path / "c"
+    first = preprocess(first_path, out, stop=10, progress=False)
+    moved = tmp_path / "b" / "w.mp4"
+    moved.parent.mkdir()
+    shutil.move(first_path, moved)
+    second = preprocess(moved, out, stop=10, progress=False)
+    assert len(counting_backend) == 1  # not recomputed
+    assert second.video_path == moved.resolve() and second.meta.source == str(moved.resolve())
+    np.testing.assert_array_equal(second.landmarks, first.landmarks)
+    assert media.read_frames(second.video_path, [3])[0].shape == (512, 512, 3)
+
+
 def test_cache_key_depends_on_content(tmp_path):
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
     a.write_bytes(b"one")

@@ -75,7 +75,7 @@ def cache_key(video: Path, audio: Path | None, backend: str, config: PreprocessC
     return h.hexdigest()
 
 
-def _cached(out_dir: Path, key: str) -> Clip | None:
+def _cached(out_dir: Path, key: str, video: Path | None = None) -> Clip | None:
     if not (out_dir / "clip.json").exists():
         return None
     try:
@@ -83,7 +83,17 @@ def _cached(out_dir: Path, key: str) -> Clip | None:
     except CheckpointError as exc:
         log.warning("ignoring the cache in %s: %s", out_dir, exc.message)
         return None
-    return clip if clip.meta.source_sha256 == key else None
+    if clip.meta.source_sha256 != key:
+        return None
+    here = str(video.resolve()) if video is not None else None
+    if here is not None and not clip.meta.synthetic and clip.meta.video != here:
+        # The key hashes the video's bytes: the same video now at another path (the first copy may
+        # be gone). Read frames from the path asked for, not the one the cache was made from.
+        old = clip.meta.video
+        meta = dataclasses.replace(clip.meta, video=here, source=here,
+                                   audio_source=here if clip.meta.audio_source == old else clip.meta.audio_source)
+        clip = dataclasses.replace(clip, meta=meta)
+    return clip
 
 
 def _frames_with_progress(frames: Iterable[np.ndarray], total: int,
@@ -121,7 +131,7 @@ def preprocess(video: str | os.PathLike[str], out_dir: str | os.PathLike[str], *
     if audio_path is not None and not audio_path.is_file():
         raise InputError(f"Audio file {audio_path} does not exist.", "Check the path of the speech file.")
     key = cache_key(video, audio_path, backend, config, stop)
-    if not force and (clip := _cached(out_dir, key)) is not None:
+    if not force and (clip := _cached(out_dir, key, video)) is not None:
         log.info("%s: reusing the cached clip in %s", video.name, out_dir)
         return clip
 
