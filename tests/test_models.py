@@ -1,4 +1,4 @@
-"""Mapping networks: shapes of all seven, receptive fields, conv paths, loss values, learning."""
+"""Mapping networks: shapes of every variant, receptive fields, conv paths, loss values, learning."""
 
 import numpy as np
 import pytest
@@ -61,11 +61,13 @@ def test_shapes_and_one_step(variant):
 
 def test_variant_flags_select_inputs():
     assert CascadeConfig.for_variant("ours") == CascadeConfig(True, True, True)
-    flags = {v: (c.pose_in_g1, c.pose_in_g2, c.use_cheek) for v in VARIANTS[:5]
+    flags = {v: (c.pose_in_g1, c.pose_in_g2, c.use_cheek, c.conditioning) for v in VARIANTS[:6]
              for c in [model_config(v)]}
-    assert flags == {"ours": (True, True, True), "no-pose": (False, False, True),
-                     "g1-pose": (True, False, True), "g2-pose": (False, True, True),
-                     "no-cheek": (True, True, False)}
+    assert flags == {"ours": (True, True, True, "rigid"), "ours-paper": (True, True, True, "paper"),
+                     "no-pose": (False, False, True, "rigid"), "g1-pose": (True, False, True, "rigid"),
+                     "g2-pose": (False, True, True, "rigid"), "no-cheek": (True, True, False, "rigid")}
+    # a preset cannot turn ours-paper into the leak-free model
+    assert model_config("ours-paper", {"conditioning": "rigid"}).conditioning == "paper"
     # a variant without pose is blind to pose; no-cheek is blind to the cheek
     for variant, arg in (("no-pose", 1), ("no-cheek", 2)):
         net = tiny(variant).eval()

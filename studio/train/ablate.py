@@ -155,6 +155,11 @@ def aggregate(runs) -> "Any":
     return pd.DataFrame(out)
 
 
+def _num(v) -> str:
+    """A table cell: 3 decimals, or n/a for a missing value."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def _exponent(values: list[float]) -> int:
     vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
     return int(math.floor(math.log10(min(vals)))) if vals else 0
@@ -184,15 +189,14 @@ def markdown_table(table, seeds: int | None = None, split: str = "") -> str:
             cells = []
             for c in cols:
                 mean, std = recs[c].get(f"{metric}_mean"), recs[c].get(f"{metric}_std")
-                ok = mean is not None and not (isinstance(mean, float) and math.isnan(mean))
-                cells.append(f"{mean:.3f} ± {std:.3f}" if ok else "n/a")
+                cells.append(f"{_num(mean)} ± {_num(std)}" if _num(mean) != "n/a" else "n/a")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         ref = recs[cols[0]]
         lines.append("")
         lines.append(f"Reference rows (same pairs, no model): no lip sync (the template's own mouth) inner r = "
-                     f"{ref.get('template_inner_r_mean', float('nan')):.3f}; speech log-energy linear fit inner r = "
-                     f"{ref.get('energy_inner_r_mean', float('nan')):.3f} (at its best lag "
-                     f"{ref.get('energy_inner_r_best_mean', float('nan')):.3f}).")
+                     f"{_num(ref.get('template_inner_r_mean'))}; speech log-energy linear fit inner r = "
+                     f"{_num(ref.get('energy_inner_r_mean'))} (at its best lag "
+                     f"{_num(ref.get('energy_inner_r_best_mean'))}).")
     notes = [
         "",
         f"Mean ± sample std over {seeds if seeds is not None else 'the'} seeds. {split}".rstrip(),
