@@ -53,7 +53,7 @@ DUB_ROWS = (("dub_inner_r", "Dub: inner-lip opening r"), ("dub_inner_r_best", "D
             ("dub_inner_lag", "Dub: best lag (frames)"), ("dub_inner_amplitude", "Dub: amplitude (pred/real std)"),
             ("dub_outer_r", "Dub: outer-lip opening r"), ("dub_chin_r", "Dub: chin drop r"),
             ("dub_chin_amplitude", "Dub: chin amplitude"), ("dub_mouth_lmd", "Dub: mouth-shape LMD"),
-            ("template_inner_r", "Dub: r with the TEMPLATE's own mouth"),
+            ("template_inner_r", "Reference: no lip sync (template mouth vs real) r"),
             ("paper_inner_r", "Paper protocol: inner-lip opening r"), ("paper_chin_r", "Paper protocol: chin r"),
             ("paper_mouth_lmd", "Paper protocol: mouth-shape LMD"))
 
