@@ -127,7 +127,7 @@ def test_errors(short, tmp_path):
 
 # -- a real dub of the bundled sample ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def halves(tmp_path_factory):
+def halves(tmp_path_factory, weights_dir):
     """Dub the SECOND half of the template's own speech onto the FIRST half of the template video.
 
     The real mouth motion for that speech is known: it is the template video's second half. (The
@@ -144,7 +144,10 @@ def halves(tmp_path_factory):
     real = cut(d / "real_second_half.mp4", half, info.frames, speech_between(cut_s, None))
     speech = d / "second_half_speech.wav"
     speech.write_bytes(media.wav_bytes(speech_between(cut_s, None)))
-    dub = Pipeline(work_dir=d / "pipeline").dub(SAMPLE, speech, d / "dub.mp4", template=first)
+    # module scope runs before the function-scoped autouse fixture: set the weights folder here too
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+        dub = Pipeline(work_dir=d / "pipeline").dub(SAMPLE, speech, d / "dub.mp4", template=first)
     return {"dub": dub, "real": real, "template": first, "dir": d}
 
 
