@@ -146,6 +146,13 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
 
     _stage("mapping_inference", mapping_stage, report)
 
+    def training_stage() -> dict:
+        from studio.train.evaluate import training_benchmark
+
+        return training_benchmark(1.0 if quick else 10.0)
+
+    _stage("mapping_training", training_stage, report)
+
     def edits_stage() -> dict:
         from studio.edits import benchmark
 

@@ -87,3 +87,9 @@ def move_talk(talk: np.ndarray, pose_from: np.ndarray, pose_to: np.ndarray) -> n
     """Talking vectors (T, 58) seen in ``pose_from`` (T, 3) -> as seen in ``pose_to`` (T, 3)."""
     pts = np.asarray(talk).reshape(len(talk), layout.N_TALKING, 2)
     return repose(frontalize(pts, pose_from), pose_to).reshape(len(talk), layout.TALK_DIM)
+
+
+def move_to_frontal(talk: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Talking vectors (T, 58) seen in ``pose`` (T, 3) -> frontal (T, 58)."""
+    pts = np.asarray(talk).reshape(len(talk), layout.N_TALKING, 2)
+    return frontalize(pts, pose).reshape(len(talk), layout.TALK_DIM)

@@ -140,3 +140,62 @@ def normalize_audio(audio: np.ndarray, mode: str) -> np.ndarray:
         raise ValueError(f"unknown audio_norm {mode!r}; known: {AUDIO_NORMS}")
     a64 = a.astype(np.float64)
     return ((a64 - a64.mean(0)) / np.maximum(a64.std(0), 1e-3)).astype(np.float32)
+
+
+# -- articulation gain -----------------------------------------------------------------------------
+CALIBRATION_NAME = "calibration.npz"
+MAX_GAIN = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class ArticulationGain:
+    """Undo the regression to the mean of an L2-trained mapping: scale each predicted frame's
+    deviation from the subject's average mouth by ``gain``, in a FRONTAL view (``studio.face.
+    frontal``), so that head pose and placement are untouched and only articulation grows.
+
+    gain: std of the real opening features / std of the predicted ones, measured within 64-frame
+    windows of the subject's held-out validation footage (never the test speech), clipped to
+    [1, MAX_GAIN]; frontal_mean (58,): the training frames' average talking vector, frontal.
+    The same correction as "global variance" compensation in statistical speech synthesis.
+    """
+
+    gain: float
+    frontal_mean: np.ndarray
+
+    @classmethod
+    def fit(cls, pred_open: np.ndarray, true_open: np.ndarray, frontal_mean: np.ndarray) -> "ArticulationGain":
+        """pred_open / true_open (N, W, K): opening features of N validation windows of W frames."""
+        sp = np.asarray(pred_open, np.float64).std(axis=1).mean(axis=0)
+        st = np.asarray(true_open, np.float64).std(axis=1).mean(axis=0)
+        g = float(np.sqrt((st ** 2).sum() / max((sp ** 2).sum(), 1e-12)))
+        return cls(float(np.clip(g, 1.0, MAX_GAIN)), np.asarray(frontal_mean, np.float32))
+
+    def __call__(self, talk: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """talk (T, 58) seen in ``pose`` (T, 3) -> the same with articulation scaled by ``gain``."""
+        if self.gain == 1.0:
+            return np.asarray(talk, np.float32)
+        from studio.face import frontal, layout
+
+        t = len(talk)
+        f = frontal.frontalize(np.asarray(talk).reshape(t, layout.N_TALKING, 2), pose).reshape(t, -1)
+        f = self.frontal_mean + self.gain * (f - self.frontal_mean)
+        return frontal.repose(f.reshape(t, layout.N_TALKING, 2), pose).reshape(t, -1)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        from studio.fsutil import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, gain=np.float32(self.gain), frontal_mean=self.frontal_mean)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ArticulationGain":
+        hint = "Re-train the model with `python -m studio train-mapping` (the checkpoint is incomplete or damaged)."
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                gain, mean = float(z["gain"]), np.asarray(z["frontal_mean"], np.float32)
+        except Exception as exc:
+            raise CheckpointError(f"Calibration file {path} is unreadable: {exc}.", hint) from None
+        if mean.shape != (58,) or not np.isfinite(mean).all() or not 1.0 <= gain <= MAX_GAIN:
+            raise CheckpointError(f"{path} holds an invalid articulation calibration.", hint)
+        return cls(gain, mean)

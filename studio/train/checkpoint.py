@@ -8,6 +8,7 @@ Layout of CKPT_DIR::
     norm.npz           per-subject normalization statistics (NormStats), allow_pickle=False
     conditioning.npz   the cheek-from-pose regression (``rigid`` conditioning only; see
                        studio.models.conditioning)
+    calibration.npz    the articulation gain fitted on the validation footage (``rigid`` only)
     mouth_pca.npz/json the mouth PCA (studio.face.pca.MouthPCA)
     train_log.csv/json per-epoch losses (for people; not needed to load)
 
@@ -150,9 +151,10 @@ class MappingModel:
     """A trained mapping network with its PCA and normalization statistics, ready to predict."""
 
     def __init__(self, net, variant: str, config: dict[str, Any], pca: MouthPCA, norm: NormStats,
-                 directory: Path | None = None, rigid=None) -> None:
+                 directory: Path | None = None, rigid=None, gain=None) -> None:
         self.net = net.eval()
         self.rigid = rigid  # studio.models.conditioning.RigidCheek, for rigid conditioning
+        self.gain = gain  # studio.models.conditioning.ArticulationGain, or None (no calibration)
         self.variant = variant
         self.config = config
         self.pca = pca
@@ -201,15 +203,17 @@ class MappingModel:
         load_weights(net, directory / WEIGHTS_NAME)
         pca = MouthPCA.load(directory)
         norm = NormStats.load(directory / NORM_NAME)
-        rigid = None
+        rigid = gain = None
         if getattr(net.cfg, "conditioning", "paper") == "rigid":
-            from studio.models.conditioning import CONDITIONING_NAME, RigidCheek
+            from studio.models.conditioning import CALIBRATION_NAME, CONDITIONING_NAME, ArticulationGain, RigidCheek
 
             rigid = RigidCheek.load(directory / CONDITIONING_NAME)
+            if (directory / CALIBRATION_NAME).exists():
+                gain = ArticulationGain.load(directory / CALIBRATION_NAME)
         if pca.n_components != (net.cfg.pca_dim):
             raise CheckpointError(f"{directory}: the PCA has {pca.n_components} components, "
                                   f"the model {net.cfg.pca_dim}.", _HINT)
-        return cls(net, str(variant), config, pca, norm, directory, rigid)
+        return cls(net, str(variant), config, pca, norm, directory, rigid, gain)
 
     def conditioning(self, audio: np.ndarray, pose: np.ndarray, cheek: np.ndarray,
                      fps: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,6 +252,8 @@ class MappingModel:
             talk[:, layout.TALK_MOUTH] = self.pca.inverse(coefs)
         else:
             talk = z_talk[0].numpy() * n.talk_std + n.talk_mean
+            if self.gain is not None:  # articulation calibrated on the subject's validation footage
+                talk = self.gain(talk, pose)
         talk = talk.astype(np.float32)
         return (talk, coefs.astype(np.float32)) if return_coefs else talk
 

@@ -397,6 +397,28 @@ def _benchmark(frames: int, repeats: int, preset: str) -> dict[str, float]:
     return out
 
 
+def training_benchmark(minutes: float = 10.0, preset: str = "cpu", variant: str = "ours",
+                       work_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
+    """Train ``variant`` to early stopping on ``minutes`` of synthetic footage (two clips, default
+    speech) and time it; then time ``MappingModel.predict`` (conditioning included) on 5 minutes."""
+    import tempfile
+
+    from studio.data.synth import synthesize
+    from studio.train.mapping import train_mapping
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        half = minutes * 30.0
+        clips = [synthesize(Path(tmp) / f"c{s}", half, s, render=False) for s in (0, 1)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        ckpt = train_mapping(clips, variant, Path(tmp) / "m", preset, seed=0)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        model = MappingModel.load(ckpt)
+        res = model.config["result"]
+        return {"footage_minutes": minutes, "train_wall_s": round(wall, 2), "train_cpu_s": round(cpu, 2),
+                "epochs": res["epochs"], "best_epoch": res["best_epoch"],
+                "predict_5min_ms": round(1000 * inference_seconds(model), 2)}
+
+
 def add_cli_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="mapping checkpoint folder (train-mapping --out)")
     parser.add_argument("clips", nargs="+", help="clip folders to evaluate on")

@@ -11,6 +11,8 @@ Loss (the paper's Eq. 1-4), with ``lambda_pca`` = 0.05 and ``lambda_int`` = 0.6 
     L_open = |o(t) - o(G2)|^2  ours (``lambda_open``): o = the four lip gaps and the chin's height,
                                the few coordinates that carry articulation; the paper's L2 spreads
                                its weight over 58 numbers most of which move with the head
+    L_var  = sum_k (std_t o_k(G2) - std_t o_k(t))^2   ours (``lambda_var``): the same features' spread
+                               over the window, against the regression to the mean that shrinks them
 
 Each |.|^2 is the squared Frobenius norm of a window (frames x coordinates) divided by its number
 of frames and averaged over the batch: the paper's sums, up to the constant 1/64, so the
@@ -48,7 +50,7 @@ from studio.config import from_dict, load_preset, to_dict
 from studio.data.clip import Clip
 from studio.errors import InputError
 from studio.face import layout
-from studio.face.frontal import move_talk
+from studio.face.frontal import move_talk, move_to_frontal
 from studio.face.pca import MouthPCA
 from studio.fsutil import atomic_path, write_json_atomic
 from studio.models import VARIANTS, model_config
@@ -67,6 +69,7 @@ class LossConfig:
     lambda_pca: float = 0.05
     lambda_int: float = 0.6
     lambda_open: float = 0.0  # ours: weight of L_open (inner/outer lip gaps, chin drop); 0 = the paper's loss
+    lambda_var: float = 0.0  # ours: weight of L_var (std over a window of each opening feature, pred vs target)
 
 
 # Rows of a (.., 58) talking vector whose y differences measure opening: (upper, lower) talking
@@ -106,6 +109,9 @@ class TrainConfig:
     # Probability that a training window's pose and cheek come from another random training
     # window, its target re-drawn in that pose (studio.face.frontal); rigid conditioning only.
     swap_conditioning: float = 1.0
+    # Fit an articulation gain on the validation windows after training (rigid conditioning only;
+    # studio.models.conditioning.ArticulationGain).
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.stride < 1 or self.batch_size < 1 or self.max_epochs < 1:
@@ -161,7 +167,13 @@ def mapping_loss(pred_coef, pred_talk, coef, talk, cfg: LossConfig, dims: slice 
         if dims != slice(None):  # mouth-only baselines: no chin
             d_open = d_open[..., :-1]
         out["open"] = d_open.pow(2).sum(dim=(1, 2)).mean() / frames
-        out["all"] = total + cfg.lambda_open * out["open"]
+        out["all"] = out["all"] + cfg.lambda_open * out["open"]
+    if cfg.lambda_var > 0:
+        o_p, o_t = opening_features(pred_talk), opening_features(talk)
+        if dims != slice(None):
+            o_p, o_t = o_p[..., :-1], o_t[..., :-1]
+        out["var"] = (o_p.std(dim=1) - o_t.std(dim=1)).pow(2).sum(dim=-1).mean()
+        out["all"] = out["all"] + cfg.lambda_var * out["var"]
     return out
 
 
@@ -361,6 +373,27 @@ def _load_state(state_dir: Path, net, opt) -> dict | None:
     return info
 
 
+def calibrate(out: Path, net, data: PreparedData, tc: TrainConfig, pca_t: tuple) -> cond.ArticulationGain:
+    """The best epoch's articulation gain (``conditioning.ArticulationGain``) on the validation windows."""
+    import torch
+
+    ck.load_weights(net, out / ck.WEIGHTS_NAME)
+    net.eval()
+    preds, trues = [], []
+    with torch.no_grad():
+        for i in range(0, len(data.val_index), 64):
+            batch = make_batch(data, data.val_index[i:i + 64], tc.window)
+            _, talk = forward_physical(net, batch, pca_t)
+            preds.append(opening_features(talk.numpy()))
+            trues.append(opening_features(batch["talk"].numpy()))
+    train_talk, train_pose = [], []
+    for (c, s) in data.train_index:
+        train_talk.append(data.talk[c][s:s + tc.window])
+        train_pose.append(data.geom_pose[c][s:s + tc.window])
+    frontal = move_to_frontal(np.concatenate(train_talk), np.concatenate(train_pose))
+    return cond.ArticulationGain.fit(np.concatenate(preds), np.concatenate(trues), frontal.mean(axis=0))
+
+
 def evaluate_windows(net, data: PreparedData, index: np.ndarray, lc: LossConfig, tc: TrainConfig,
                      pca_t: tuple, dims: slice) -> dict:
     """Mean loss terms over windows (eval mode, no grad)."""
@@ -495,6 +528,10 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             if callback is not None:
                 callback(record)
     bar.close()
+    if data.geom_pose is not None and tc.calibrate and len(data.val_index):
+        gain = calibrate(out, net, data, tc, pca_t)
+        gain.save(out / cond.CALIBRATION_NAME)
+        info["gain"] = gain.gain
     _write_log(out, info["history"])
     config = {
         "format": ck.FORMAT, "version": ck.VERSION, "variant": variant, "seed": seed,
@@ -506,7 +543,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         "result": {"epochs": info["state_epoch"], "best_epoch": info["best_epoch"],
                    "best_val_loss": info["best_val"], "train_seconds": round(info["elapsed"], 3),
                    "train_cpu_seconds": round(info.get("cpu", 0.0), 3),
-                   "stopped": info["stopped"]},
+                   "stopped": info["stopped"], "articulation_gain": info.get("gain", 1.0)},
     }
     write_json_atomic(out / ck.CONFIG_NAME, config)
     shutil.rmtree(state_dir, ignore_errors=True)
