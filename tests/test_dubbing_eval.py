@@ -165,3 +165,54 @@ def test_prediction_follows_the_speech_not_the_templates_jaw(variant, synth_trai
         assert abs(pred_vs_template) < 0.25
     # recorded for the comparison in the docs; the paper's conditioning is allowed to copy
     assert np.isfinite(pred_vs_speech) and np.isfinite(pred_vs_template)
+
+
+def test_articulation_gain_scales_articulation_only():
+    from studio.models.conditioning import MAX_GAIN, ArticulationGain
+    from studio.train.mapping import opening_features
+
+    rng = np.random.default_rng(2)
+    t = 200
+    pose = np.stack([15 * np.sin(np.arange(t) / 30), 5 * np.cos(np.arange(t) / 25), np.zeros(t)], 1)
+    m = frontal._mean_face_centred()
+    base = normalize(m[None, :, :2], nose_centre(m[None, :, :2]), face_scale(m[None, :, :2]))[0]
+    front = np.repeat(layout.talking_vector(base)[None], t, 0).astype(np.float32)
+    jaw = 0.05 * np.abs(np.sin(np.arange(t) / 4.0))
+    lower = [layout.TALKING.index(i) for i in (65, 66, 67, 56, 57, 58, 8)]
+    for k in lower:
+        front[:, 2 * k + 1] += jaw
+    talk = frontal.repose(front.reshape(t, -1, 2), pose).reshape(t, -1)
+    pred = 0.5 * opening_features(front[None]) + 0.1  # half the spread
+    g = ArticulationGain.fit(pred, opening_features(front[None]), front.mean(0))
+    assert g.gain == pytest.approx(2.0, rel=1e-3)
+    out = g(talk, pose)
+    o_in, o_out = openings_of(talk), openings_of(out)
+    assert np.std(o_out) == pytest.approx(2.0 * np.std(o_in), rel=0.05)
+    # the mouth stays where the head put it: its centre moves by far less than the opening grows
+    centre_in, centre_out = talk.reshape(t, -1, 2)[:, :20].mean(1), out.reshape(t, -1, 2)[:, :20].mean(1)
+    assert np.abs(centre_out - centre_in).max() < 0.1
+    assert ArticulationGain.fit(pred * 10, pred, front.mean(0)).gain == 1.0  # never shrinks
+    assert ArticulationGain.fit(pred * 0.01, pred, front.mean(0)).gain == MAX_GAIN
+    one = ArticulationGain(1.0, front.mean(0))
+    assert np.array_equal(one(talk, pose), talk.astype(np.float32))
+
+
+def openings_of(talk):
+    """Mean inner-lip gap of (T, 58) talking vectors (y difference)."""
+    from studio.train.mapping import opening_features
+
+    return opening_features(talk)[:, :3].mean(1)
+
+
+def test_calibrated_checkpoint_round_trip(synth_training, tmp_path):
+    from studio.models.conditioning import CALIBRATION_NAME
+
+    ckpt = train_mapping(synth_training, "ours", tmp_path / "m", TINY, seed=0, max_epochs=3)
+    model = MappingModel.load(ckpt)
+    assert (ckpt / CALIBRATION_NAME).exists() and model.gain is not None
+    assert model.config["result"]["articulation_gain"] == pytest.approx(model.gain.gain)
+    (ckpt / CALIBRATION_NAME).write_bytes(b"not an npz")
+    from studio.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="calibration"):
+        MappingModel.load(ckpt)
