@@ -51,10 +51,12 @@ def rotations(pose: np.ndarray) -> np.ndarray:
 
 def _scale(rot: np.ndarray) -> np.ndarray:
     """(T, 3, 3) -> (T,): 1 / face scale of the mean face's stable points projected with R."""
+    # RMS radius of the projected points = sqrt(trace(P C P^T)), C their 3D covariance, P = R[:2]
     st = _mean_face_centred()[list(layout.STABLE)]
-    q = np.einsum("tij,nj->tni", rot[:, :2], st)
-    d = q - q.mean(axis=1, keepdims=True)
-    return 1.0 / np.sqrt((d ** 2).sum(-1).mean(-1))
+    d = st - st.mean(axis=0)
+    cov = d.T @ d / len(d)
+    p = rot[:, :2]
+    return 1.0 / np.sqrt(np.einsum("tij,jk,tik->t", p, cov, p, optimize=True))
 
 
 def _frontal_scale() -> float:
@@ -68,7 +70,9 @@ def frontalize(points: np.ndarray, pose: np.ndarray, index: tuple[int, ...] = la
     s = _scale(rot)
     z = _mean_face_centred()[list(index), 2]  # (N,)
     rhs = np.asarray(points, np.float64) / s[:, None, None] - rot[:, None, :2, 2] * z[None, :, None]
-    xy = np.linalg.solve(rot[:, None, :2, :2], rhs[..., None])[..., 0]
+    a, b, c, d = rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1]
+    inv = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], -2) / (a * d - b * c)[:, None, None]
+    xy = rhs @ inv.transpose(0, 2, 1)  # one 2x2 inverse per frame, shared by its points
     return (xy * _frontal_scale()).astype(np.float32)
 
 
@@ -79,7 +83,7 @@ def repose(frontal: np.ndarray, pose: np.ndarray, index: tuple[int, ...] = layou
     z = _mean_face_centred()[list(index), 2]
     xyz = np.concatenate([np.asarray(frontal, np.float64) / _frontal_scale(),
                           np.broadcast_to(z[None, :, None], (*np.shape(frontal)[:2], 1))], axis=-1)
-    p = np.einsum("tij,tnj->tni", rot[:, :2], xyz)
+    p = xyz @ rot[:, :2].transpose(0, 2, 1)
     return (p * s[:, None, None]).astype(np.float32)
 
 

@@ -138,8 +138,9 @@ def normalize_audio(audio: np.ndarray, mode: str) -> np.ndarray:
         return a
     if mode != "utterance":
         raise ValueError(f"unknown audio_norm {mode!r}; known: {AUDIO_NORMS}")
-    a64 = a.astype(np.float64)
-    return ((a64 - a64.mean(0)) / np.maximum(a64.std(0), 1e-3)).astype(np.float32)
+    mean = a.mean(axis=0, dtype=np.float64)
+    std = np.sqrt(np.maximum(np.mean(np.square(a, dtype=np.float64), axis=0) - mean ** 2, 0.0))
+    return ((a - mean.astype(np.float32)) / np.maximum(std, 1e-3).astype(np.float32)).astype(np.float32)
 
 
 # -- articulation gain -----------------------------------------------------------------------------
