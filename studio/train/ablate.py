@@ -218,18 +218,26 @@ def figure(table):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    panels = (("mouth_mse", "Mouth MSE"), ("jaw_mse", "Jaw MSE"), ("train_seconds", "Training time (s)"),
-              ("inference_seconds_5min", "Inference, 5 min audio (s)"))
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels])
+    panels = [("mouth_mse", "Mouth MSE"), ("jaw_mse", "Jaw MSE"), ("train_seconds", "Training time (s)"),
+              ("inference_seconds_5min", "Inference, 5 min audio (s)")]
+    dubbing = "dub_inner_r_mean" in table and table["dub_inner_r_mean"].notna().any()
+    if dubbing:
+        panels += [("dub_inner_r", "Dub: inner-lip opening r (real mouth)"),
+                   ("dub_inner_amplitude", "Dub: amplitude (pred/real std)")]
+    cols = 3 if dubbing else 2
+    fig = make_subplots(rows=2, cols=cols, subplot_titles=[p[1] for p in panels])
     for i, (metric, title) in enumerate(panels):
+        if f"{metric}_mean" not in table:
+            continue
         sub = table[table[f"{metric}_mean"].notna()]
+        row, col = (i % 2 + 1, i // 2 + 1) if dubbing else (i // 2 + 1, i % 2 + 1)
         fig.add_trace(go.Bar(x=list(sub["label"]), y=list(sub[f"{metric}_mean"]), name=title,
                              error_y={"type": "data", "array": list(sub[f"{metric}_std"]), "visible": True},
-                             showlegend=False), row=i // 2 + 1, col=i % 2 + 1)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_yaxes(type="log", row=2, col=2)
-    fig.update_layout(title="Ablation (paper's Table 1): mean ± std over seeds", height=800, width=1100)
+                             showlegend=False), row=row, col=col)
+        if metric in ("mouth_mse", "jaw_mse", "inference_seconds_5min"):
+            fig.update_yaxes(type="log", row=row, col=col)
+    fig.update_layout(title="Ablation (paper's Table 1 + dubbing protocol): mean ± std over seeds", height=800,
+                      width=1100 if cols == 2 else 1500)
     return fig
 
 

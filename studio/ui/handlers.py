@@ -639,10 +639,10 @@ def _table_view(table):
     """table.csv rows -> a display DataFrame: one row per variant, 'mean ± std' cells."""
     import pandas as pd
 
-    from studio.train.ablate import ROWS
+    from studio.train.ablate import DUB_ROWS, ROWS
 
     out = {"model": list(table["label"])}
-    for metric, label, _ in ROWS:
+    for metric, label in [(m, lab) for m, lab, _ in ROWS] + list(DUB_ROWS):
         if f"{metric}_mean" not in table:
             continue
         cells = []
