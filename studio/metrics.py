@@ -13,7 +13,11 @@ poses, positions and sizes (a template and the real video of the speech) can be 
 - ``inner`` opening: mean gap of the three inner-lip pairs (61-67, 62-66, 63-65) along the face's
   down axis, in face-scale units;
 - ``outer`` opening: the gap 51-57 (outer lip, middle) the same way;
-- ``chin`` drop: distance along the face's down axis from the nose centre to the chin (8);
+- ``chin`` drop: distance along the face's down axis from the nose centre to the chin (8). The
+  chin sits ~25 mm behind the nose, so head pitch moves it in the image about as much as speech
+  does: when template and reference move their heads differently, trust the lip openings more
+  (undoing the pose with the mean face's depths did not fix it on synthetic heads: r with the
+  true jaw opening 0.14 -> 0.23, while the inner-lip gap gives 0.96);
 - mouth-shape LMD: mean Euclidean distance between the 20 mouth points of both tracks in their
   face frames, each with its mouth centroid removed (shape, not position), in face-scale units.
 

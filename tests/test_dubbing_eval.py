@@ -216,3 +216,20 @@ def test_calibrated_checkpoint_round_trip(synth_training, tmp_path):
 
     with pytest.raises(CheckpointError, match="calibration"):
         MappingModel.load(ckpt)
+
+
+def test_swap_partners_are_other_moments_in_a_similar_pose():
+    from studio.train.mapping import swap_candidates
+
+    t = 400
+    yaw = np.concatenate([np.zeros(200), np.full(200, 30.0)])
+    pose = [np.stack([yaw, np.zeros(t), np.zeros(t)], 1)]
+    index = np.array([[0, s] for s in range(0, t - 32 + 1, 8)])
+    cands = swap_candidates(index, pose, 32, 10.0)
+    for i, (c, s) in enumerate(index):
+        for j in cands[i]:
+            assert abs(index[j, 1] - s) >= 32  # no shared frame: another moment
+            assert abs(pose[0][index[j, 1]:index[j, 1] + 32, 0].mean() - pose[0][s:s + 32, 0].mean()) <= 10.0
+    assert len(cands[0]) > 0 and len(cands[-1]) > 0
+    # a window at yaw 0 never swaps with one at yaw 30
+    assert all(index[j, 1] + 32 <= 200 + 32 for j in cands[0])

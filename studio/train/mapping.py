@@ -106,9 +106,14 @@ class TrainConfig:
     gap: int = -1  # frames between the training and validation blocks; -1 = one window
     val_stride: int = 32
     threads: int = 1  # torch CPU threads while training; 0 = leave torch's setting
-    # Probability that a training window's pose and cheek come from another random training
-    # window, its target re-drawn in that pose (studio.face.frontal); rigid conditioning only.
+    # Probability that a training window's pose and cheek come from another training window (of
+    # another moment: no shared frame), its target re-drawn in that pose (studio.face.frontal);
+    # rigid conditioning only. Partners are drawn among windows whose mean head pose is within
+    # swap_max_degrees (Euclidean over yaw, pitch, roll): the re-drawing is a weak-perspective
+    # approximation, good for small pose changes, while the partner's own pose fluctuations,
+    # which move with ITS speech, are what the swap must decouple from the target's.
     swap_conditioning: float = 1.0
+    swap_max_degrees: float = 30.0
     # Fit an articulation gain on the validation windows after training (rigid conditioning only;
     # studio.models.conditioning.ArticulationGain).
     calibrate: bool = True
@@ -214,6 +219,7 @@ class PreparedData:
     norm: ck.NormStats
     rigid: RigidCheek | None  # the fitted cheek-from-pose regression (rigid conditioning)
     geom_pose: list[np.ndarray] | None  # (T, 3) conditioned pose in degrees (rigid conditioning)
+    swap_candidates: list[np.ndarray] | None  # per training window: rows of train_index it may swap with
     train_frames: int
     val_frames: int
     fps: float
@@ -269,10 +275,29 @@ def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig, conditioning: str = "
         coef=[pca.transform(b.talk[:, layout.TALK_MOUTH]) for b in blocks],
         train_index=train_index, val_index=val_index, pca=pca, norm=norm, rigid=rigid,
         geom_pose=poses if rigid is not None else None,
+        swap_candidates=(swap_candidates(train_index, poses, tc.window, tc.swap_max_degrees)
+                         if rigid is not None and tc.swap_conditioning > 0 else None),
         train_frames=int(sum(s.sum() for s in tr_sel)),
         val_frames=n_val,
         fps=float(np.median([b.fps for b in blocks])),
     )
+
+
+def swap_candidates(index: np.ndarray, poses: Sequence[np.ndarray], window: int, max_degrees: float,
+                    limit: int = 256) -> list[np.ndarray]:
+    """For each window of ``index`` (N, 2) (clip, start): up to ``limit`` other windows that share no
+    frame with it and whose mean pose (over the window, degrees) is within ``max_degrees``."""
+    means = np.stack([poses[c][s:s + window].mean(axis=0) for c, s in index]) if len(index) else np.zeros((0, 3))
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (c, s) in enumerate(index):
+        near = np.linalg.norm(means - means[i], axis=1) <= max_degrees
+        near &= (index[:, 0] != c) | (np.abs(index[:, 1] - s) >= window)
+        cand = np.flatnonzero(near)
+        if len(cand) > limit:
+            cand = np.sort(rng.choice(cand, limit, replace=False))
+        out.append(cand)
+    return out
 
 
 def make_batch(data: PreparedData, index: np.ndarray, window: int, cond_index: np.ndarray | None = None) -> dict:
@@ -483,11 +508,17 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             t_start, c_start = time.perf_counter(), time.process_time()
             rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(int(rng.integers(2**62)))
-            order = data.train_index[rng.permutation(len(data.train_index))]
+            perm = rng.permutation(len(data.train_index))
+            order = data.train_index[perm]
             cond_order = order
-            if data.geom_pose is not None and tc.swap_conditioning > 0:
-                other = data.train_index[rng.integers(len(data.train_index), size=len(order))]
-                cond_order = np.where((rng.random(len(order)) < tc.swap_conditioning)[:, None], other, order)
+            if data.swap_candidates is not None:
+                u, partner = rng.random(len(perm)), perm.copy()
+                for k, r in enumerate(perm):
+                    cands = data.swap_candidates[r]
+                    if len(cands):
+                        partner[k] = cands[int(u[k] * len(cands))]
+                swap = (rng.random(len(perm)) < tc.swap_conditioning) & (partner != perm)
+                cond_order = np.where(swap[:, None], data.train_index[partner], order)
             net.train()
             tr_sum, tr_n = 0.0, 0
             for i in range(0, len(order), tc.batch_size):
