@@ -17,7 +17,6 @@ reported as skipped with the reason.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform

@@ -21,7 +21,6 @@ template is extended by ping-pong looping (:func:`studio.train.checkpoint.extend
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import tempfile
@@ -29,7 +28,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
 

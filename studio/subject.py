@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from studio.errors import CheckpointError, InputError
 from studio.fsutil import sha256_file, write_json_atomic

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from studio import media, metrics
-from studio.audio import SAMPLE_RATE, frame_energy
+from studio.audio import frame_energy
 from studio.errors import InputError, NoFaceError
 from studio.face.landmarks import BACKENDS
 from studio.fsutil import sha256_file

@@ -171,7 +171,6 @@ def test_articulation_gain_scales_articulation_only():
     from studio.models.conditioning import MAX_GAIN, ArticulationGain
     from studio.train.mapping import opening_features
 
-    rng = np.random.default_rng(2)
     t = 200
     pose = np.stack([15 * np.sin(np.arange(t) / 30), 5 * np.cos(np.arange(t) / 25), np.zeros(t)], 1)
     m = frontal._mean_face_centred()
@@ -226,7 +225,7 @@ def test_swap_partners_are_other_moments_in_a_similar_pose():
     pose = [np.stack([yaw, np.zeros(t), np.zeros(t)], 1)]
     index = np.array([[0, s] for s in range(0, t - 32 + 1, 8)])
     cands = swap_candidates(index, pose, 32, 10.0)
-    for i, (c, s) in enumerate(index):
+    for i, (_, s) in enumerate(index):
         for j in cands[i]:
             assert abs(index[j, 1] - s) >= 32  # no shared frame: another moment
             assert abs(pose[0][index[j, 1]:index[j, 1] + 32, 0].mean() - pose[0][s:s + 32, 0].mean()) <= 10.0

@@ -312,7 +312,7 @@ def test_dub_mode_landmarks_follow_the_template_speech_and_gt_the_audio(dub_clip
 
 
 def test_other_speech_same_head_motion_face_and_noise(dub_clips):
-    (dub, truth), (a, truth_a), (b, truth_b) = dub_clips["dub"], dub_clips["a"], dub_clips["b"]
+    (_, truth), (a, truth_a), (b, truth_b) = dub_clips["dub"], dub_clips["a"], dub_clips["b"]
     for name in ("pose_true", "translation", "shape", "focal"):
         np.testing.assert_array_equal(truth[name], truth_a[name], err_msg=name)
         np.testing.assert_array_equal(truth[name], truth_b[name], err_msg=name)

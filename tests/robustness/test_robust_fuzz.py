@@ -28,7 +28,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import robust_media as rm  # noqa: E402
 from studio import media  # noqa: E402
-from studio.config import from_dict, load_preset  # noqa: E402
+from studio.config import load_preset  # noqa: E402
 from studio.edits import RANGES, Edits, apply_edits  # noqa: E402
 from studio.errors import StudioError  # noqa: E402
 from studio.face.layout import PCA_DIM  # noqa: E402
