@@ -20,12 +20,18 @@ Two modes (``CascadeConfig.conditioning``; the checkpoint carries it):
     - cheek: the cheek points PREDICTED from that pose by a per-subject ridge regression
       (:class:`RigidCheek`, fitted on the subject's training frames) -- where the jaw contour of
       this face sits in this head pose with the jaw at its average position. What the
-      regression cannot explain from pose (jaw opening, and noise) is discarded.
+      regression cannot explain from pose (jaw opening, and noise) is discarded;
+    - and the pose itself still moves with speech: on the Obama footage the low-passed pitch
+      correlates with the chin drop at r = 0.71-0.90 and with the lip gap at 0.32-0.51 (people
+      nod as they speak, and the landmark fit tilts with an open jaw). A network given the pose
+      learned to read the mouth off it (dub r 0.05 with pose and cheek conditioning alike). So
+      the trainer (``studio.train.mapping``, ``swap_conditioning``) gives each training window
+      the pose of ANOTHER moment and re-draws its target in that pose
+      (``studio.face.frontal``): pose then tells where the mouth goes, never how open it is.
 
     Chosen over the alternatives the issue lists: low-passed raw cheek points still carry the
     template's speaking rhythm at slow rates (louder phrases open the jaw for seconds), and
-    conditioning drawn from other moments at training time only teaches the network to ignore
-    an input it is then still given. A regression on 3 pose numbers cannot carry articulation.
+    predicting the cheek from the rigid points alone still leaves the pose channel open.
 
 ``paper``
     The paper-literal conditioning: raw per-frame pose and cheek points. Kept as the variant
