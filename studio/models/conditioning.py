@@ -178,15 +178,20 @@ class ArticulationGain:
         return cls(float(np.clip(g, 1.0, MAX_GAIN)), np.asarray(frontal_mean, np.float32))
 
     def __call__(self, talk: np.ndarray, pose: np.ndarray) -> np.ndarray:
-        """talk (T, 58) seen in ``pose`` (T, 3) -> the same with articulation scaled by ``gain``."""
+        """talk (T, 58) seen in ``pose`` (T, 3) -> the same with articulation scaled by ``gain``.
+
+        repose(mean + g (frontalize(talk) - mean)) = g talk + (1 - g) repose(mean): frontalizing and
+        re-posing are affine per frame and inverse to each other, so only the mean is re-posed.
+        """
+        talk = np.asarray(talk, np.float32)
         if self.gain == 1.0:
-            return np.asarray(talk, np.float32)
+            return talk
         from studio.face import frontal, layout
 
         t = len(talk)
-        f = frontal.frontalize(np.asarray(talk).reshape(t, layout.N_TALKING, 2), pose).reshape(t, -1)
-        f = self.frontal_mean + self.gain * (f - self.frontal_mean)
-        return frontal.repose(f.reshape(t, layout.N_TALKING, 2), pose).reshape(t, -1)
+        rest = frontal.repose(np.broadcast_to(self.frontal_mean.reshape(1, layout.N_TALKING, 2),
+                                              (t, layout.N_TALKING, 2)), pose).reshape(t, -1)
+        return (self.gain * talk + (1.0 - self.gain) * rest).astype(np.float32)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         from studio.fsutil import atomic_path
