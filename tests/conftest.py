@@ -23,3 +23,14 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def weights_dir(shared: Path) -> Path:
     return shared / "weights"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids OpenMP spinning on a busy shared 2-core machine."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

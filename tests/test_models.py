@@ -12,13 +12,7 @@ from studio.train.mapping import LossConfig, mapping_loss
 TINY = {"channels": 16, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spinning on a busy shared 2-core machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY_RNN = {"hidden": 12}
 
 

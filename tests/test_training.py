@@ -26,12 +26,7 @@ TINY_PRESET = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_clip(frames=240, seed=0, synthetic=False, face_seed=None):
