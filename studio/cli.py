@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("studio.train.ablate", "train and evaluate all seven variants -> the paper's Table 1"),
     "facemap": ("studio.render.facemap", "draw the synthetic facial map of one frame"),
     "train-renderer": ("studio.train.renderer", "train the neural (pix2pixHD + self-attention) renderer"),
+    "train-prior": ("studio.train.prior", "train the multi-speaker prior mapping (presets/prior) on ../shared"),
+    "loso": ("studio.train.loso", "leave-one-speaker-out evaluation of the prior (dubbing protocol) -> table"),
     "make-subject": ("studio.subject", "build a subject folder from footage of one person"),
     "dub": ("studio.pipeline", "dub a template video with new speech"),
     "sync-check": ("studio.sync", "score a rendered dub's mouth against the real video of its speech (JSON on the last line)"),

@@ -26,6 +26,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = Path(os.environ.get("STUDIO_PRESETS_DIR", REPO_ROOT / "presets"))
 
 
+def cache_dir() -> Path:
+    """Where the studio keeps what it can rebuild (one-step subjects, downloads):
+    ``$STUDIO_CACHE_DIR``, default ``~/.cache/lip-sync-studio``. Read at call time."""
+    return Path(os.environ.get("STUDIO_CACHE_DIR") or Path.home() / ".cache" / "lip-sync-studio")
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise InputError naming the valid ones.
 

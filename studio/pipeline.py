@@ -142,6 +142,8 @@ class Pipeline:
         self._speech = _LRU(config.cache_items)
         self._templates = _LRU(config.cache_items)
         self._predictions = _LRU(config.cache_items)
+        self._building: dict[str, threading.Lock] = {}
+        self._building_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------------
     def subject(self, directory: str | os.PathLike[str]) -> Subject:
@@ -371,6 +373,56 @@ class Pipeline:
                     report((k + 1) / n, f"frame {k + 1}/{n}")
         return Path(out_path)
 
+    # -- one step: a video of a new person -------------------------------------------------------
+    def subject_for_video(self, video: str | os.PathLike[str], *, progress: Progress | None = None) -> Subject:
+        """The subject of a video of anyone, built on first use from the video and its own speech
+        (``studio.subject.make_subject``: the multi-speaker prior, fine-tuned as far as the footage
+        allows) and cached by the video's content and the prior's fingerprint, so that a second
+        dub of the same video starts at once. Folder: ``studio.config.cache_dir()/subjects``."""
+        from studio.config import cache_dir
+        from studio.subject import MANIFEST, make_subject
+        from studio.train.prior import prior_fingerprint
+
+        p = Path(video)
+        if not p.is_file():
+            raise InputError(f"Video {str(video)!r} does not exist.", "Check the path or upload the video again.")
+        media.check_file_size(p, self.config.limits)
+        media.check_video(media.probe_video(p), self.config.limits)
+        folder = cache_dir() / "subjects" / f"{sha256_file(p)[:16]}-{prior_fingerprint()[:8]}"
+        with self._building_lock:
+            lock = self._building.setdefault(str(folder), threading.Lock())
+        with lock:  # two requests for one new video build it once
+            if (folder / MANIFEST).exists():
+                try:
+                    return self.subject(folder)
+                except CheckpointError:
+                    log.warning("rebuilding the damaged cached subject %s", folder)
+            report = progress or (lambda frac, desc: None)
+            make_subject([p], folder, name=p.stem, progress=lambda stage, frac: report(frac, stage))
+            self.manager.evict(("subject", str(folder.resolve())))
+            return self.subject(folder)
+
+    def dub_video(self, video: str | os.PathLike[str], speech_path: str | os.PathLike[str],
+                  out_path: str | os.PathLike[str], *, renderer: str = "retrieval", edits: Edits = Edits(),
+                  progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
+        """One-step dub: ``video`` of anyone + new speech -> ``out_path``; no subject needed.
+
+        Progress runs over the stages: building the subject (first time only; 0-60 %), predicting,
+        rendering. Notices of the build (e.g. a video without usable speech of its own, dubbed
+        with the prior alone) are logged and kept in ``subject.manifest.extras["notices"]``.
+        """
+        report = progress or (lambda frac, desc: None)
+        speech = self.speech(speech_path)  # bad speech is refused before a long build
+        subject = self.subject_for_video(video, progress=lambda f, d: report(0.6 * f, f"subject: {d}"))
+        for notice in subject.manifest.extras.get("notices", []):
+            log.warning("%s", notice)
+        report(0.6, "predict landmarks")
+        tpl = self.template(subject, None)
+        pred = self.predict(subject, speech, tpl, "ours")
+        lms = self.landmarks(pred, tpl, subject, edits)
+        return self.render(subject, tpl, speech, lms, out_path, renderer,
+                           progress=lambda f, d: report(0.62 + 0.38 * f, f"render: {d}"), cancel=cancel)
+
     # -- one call ------------------------------------------------------------------------------
     def dub(self, subject_dir: str | os.PathLike[str], speech_path: str | os.PathLike[str],
             out_path: str | os.PathLike[str], *, template: str | os.PathLike[str] | None = None,
@@ -404,7 +456,9 @@ def landmarks_table(lms: Landmarks):
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--subject", required=True, help="subject folder (make-subject)")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", help="subject folder (make-subject)")
+    who.add_argument("--video", help="one step: a video of anyone; its subject is built from it and cached")
     parser.add_argument("--speech", required=True, help="speech to dub (wav, mp3, m4a, ...)")
     parser.add_argument("--template", default=None, help="template video, or a clip name of the subject "
                         "(default: the subject's first clip)")
@@ -421,8 +475,24 @@ def cli(args: argparse.Namespace) -> int:
 
     edits = Edits.load(args.edits) if args.edits else Edits()
     pipe = Pipeline(config=PipelineConfig(render_size=args.size))
-    subject = pipe.subject(args.subject)
-    speech = pipe.speech(args.speech)
+    if args.video is not None:
+        if args.template is not None or args.variant != "ours":
+            raise InputError("--video dubs the video itself with the 'ours' model.",
+                             "Drop --template/--variant, or build a subject with make-subject and pass --subject.")
+        speech = pipe.speech(args.speech)  # bad speech is refused before a long build
+        stage = {"last": ""}
+
+        def report(frac: float, desc: str) -> None:
+            if desc != stage["last"]:
+                log.info("%3.0f%% %s", 100 * frac, desc)
+                stage["last"] = desc
+
+        subject = pipe.subject_for_video(args.video, progress=report)
+        for notice in subject.manifest.extras.get("notices", []):
+            log.warning("%s", notice)
+    else:
+        subject = pipe.subject(args.subject)
+        speech = pipe.speech(args.speech)
     tpl = pipe.template(subject, args.template)
     pred = pipe.predict(subject, speech, tpl, args.variant)
     lms = pipe.landmarks(pred, tpl, subject, edits)

@@ -158,6 +158,7 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
                  variants: Sequence[str] = ("ours",), neural: bool = False, preset: str = "cpu",
                  backend: str = "mediapipe", seed: int = 0, name: str | None = None,
                  neural_steps: int | None = None, neural_size: int = 256,
+                 prior: str | os.PathLike[str] | None = "auto",
                  progress: Progress | None = None) -> Subject:
     """Build (or complete) a subject folder from footage of one person.
 
@@ -165,6 +166,13 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     own audio track, the given audio file, or a same-named .wav beside it), train each mapping
     variant on all clips, build the retrieval pool, optionally train the neural renderer. The
     manifest is written last.
+
+    ``ours`` starts from the multi-speaker prior (``prior``: "auto" = presets/prior when it is
+    there, a checkpoint folder, or None to train from scratch) and is fine-tuned on the footage
+    as far as its length allows (``studio.train.prior.fine_tune``); footage without usable speech
+    of its own (no audio track, silence, or sound the mouth does not follow) gets the prior with
+    the person's face shape and a notice in ``manifest.extras["notices"]``. The other variants
+    (the paper's ablations) are trained from scratch and need longer footage.
     """
     from studio import media
     from studio.data.preprocess import preprocess
@@ -200,10 +208,25 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
         clip_dirs.append(out / "clips" / name_k)
         done += 1
 
+    prior_dir = _prior_dir(prior)
+    notices: list[str] = []
     for variant in variants:
         report(f"train mapping: {variant}", done / n_stages)
         ckpt = out / "mapping" / variant
-        if not (ckpt / "config.json").exists():
+        if variant == "ours" and prior_dir is not None:
+            from studio.train.prior import adapt_prior, fine_tune, speech_problem
+
+            problem = speech_problem(clips)
+            if problem is None:
+                fine_tune(clips, ckpt, prior=prior_dir, seed=seed, preset=preset)
+            else:
+                notices.append(f"{problem} The lip sync uses the multi-speaker prior alone, "
+                               "without learning this person's way of speaking.")
+                log.warning("%s: %s", out, notices[-1])
+                from studio.train.windows import clip_arrays
+
+                adapt_prior(prior_dir, [clip_arrays(c) for c in clips], ckpt)
+        elif not (ckpt / "config.json").exists():
             train_mapping(clips, variant, ckpt, preset=preset, seed=seed)
         done += 1
 
@@ -223,7 +246,7 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     manifest = SubjectManifest(
         name=name or out.name, clips=tuple(p.name for p in clip_dirs), variants=tuple(variants),
         retrieval=True, neural=bool(neural), created=time.time(), sources=tuple(str(v) for v in videos),
-        extras={"video_sha256": video_sha})
+        extras={"video_sha256": video_sha, "notices": notices})
     old = _existing_manifest(out)
     if old is not None:  # keep variants trained earlier
         merged = tuple(v for v in ALL_VARIANTS if v in set(old.variants) | set(variants)
@@ -232,6 +255,16 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     write_json_atomic(out / MANIFEST, dataclasses.asdict(manifest))
     report("done", 1.0)
     return Subject.load(out)
+
+
+def _prior_dir(prior: str | os.PathLike[str] | None) -> Path | None:
+    from studio.train.prior import PRIOR_DIR
+
+    if prior is None:
+        return None
+    if prior == "auto":
+        return PRIOR_DIR if (PRIOR_DIR / "config.json").exists() else None
+    return Path(prior)
 
 
 def _embed_video(clip_dir: Path, video: Path):
@@ -272,6 +305,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="cpu", help="training preset (presets/*.toml)")
     parser.add_argument("--backend", default="mediapipe", choices=("mediapipe", "fan"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior", default="auto",
+                        help="multi-speaker prior to fine-tune 'ours' from (default: presets/prior); 'none' = from scratch")
     parser.add_argument("--name", default=None, help="display name (default: the folder name)")
 
 
@@ -289,7 +324,8 @@ def cli(args: argparse.Namespace) -> int:
     try:
         subject = make_subject(args.videos, args.out, audios=args.audio, variants=variants, neural=args.neural,
                                preset=args.preset, backend=args.backend, seed=args.seed, name=args.name,
-                               neural_steps=args.neural_steps, neural_size=args.neural_size, progress=progress)
+                               neural_steps=args.neural_steps, neural_size=args.neural_size,
+                               prior=None if args.prior == "none" else args.prior, progress=progress)
     finally:
         bar.close()
     log.info("subject %s ready in %s: clips %s, variants %s", subject.name, subject.directory,

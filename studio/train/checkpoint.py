@@ -9,6 +9,9 @@ Layout of CKPT_DIR::
     conditioning.npz   the cheek-from-pose regression (``rigid`` conditioning only; see
                        studio.models.conditioning)
     calibration.npz    the articulation gain fitted on the validation footage (``rigid`` only)
+    identity.npz       the person's face-shape offset (``studio.models.identity``): present when
+                       the network predicts in canonical coordinates (the multi-speaker prior
+                       and the subjects fine-tuned from it)
     mouth_pca.npz/json the mouth PCA (studio.face.pca.MouthPCA)
     train_log.csv/json per-epoch losses (for people; not needed to load)
 
@@ -45,6 +48,7 @@ READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 NORM_NAME = "norm.npz"
+IDENTITY_NAME = "identity.npz"
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,8 +155,9 @@ class MappingModel:
     """A trained mapping network with its PCA and normalization statistics, ready to predict."""
 
     def __init__(self, net, variant: str, config: dict[str, Any], pca: MouthPCA, norm: NormStats,
-                 directory: Path | None = None, rigid=None, gain=None) -> None:
+                 directory: Path | None = None, rigid=None, gain=None, identity=None) -> None:
         self.net = net.eval()
+        self.identity = identity  # studio.models.identity.IdentityOffset, or None (person-specific)
         self.rigid = rigid  # studio.models.conditioning.RigidCheek, for rigid conditioning
         self.gain = gain  # studio.models.conditioning.ArticulationGain, or None (no calibration)
         self.variant = variant
@@ -210,10 +215,24 @@ class MappingModel:
             rigid = RigidCheek.load(directory / CONDITIONING_NAME)
             if (directory / CALIBRATION_NAME).exists():
                 gain = ArticulationGain.load(directory / CALIBRATION_NAME)
+        identity = None
+        if (directory / IDENTITY_NAME).exists():
+            from studio.models.identity import IdentityOffset
+
+            identity = IdentityOffset.load(directory / IDENTITY_NAME)
         if pca.n_components != (net.cfg.pca_dim):
             raise CheckpointError(f"{directory}: the PCA has {pca.n_components} components, "
                                   f"the model {net.cfg.pca_dim}.", _HINT)
-        return cls(net, str(variant), config, pca, norm, directory, rigid, gain)
+        return cls(net, str(variant), config, pca, norm, directory, rigid, gain, identity)
+
+    def for_person(self, identity) -> "MappingModel":
+        """The same canonical-coordinate model (the prior) predicting for another person, whose
+        offset (``studio.models.identity.IdentityOffset``) was measured on their footage."""
+        if self.identity is None:
+            raise InputError("This mapping model is person-specific; it cannot be moved to another face.",
+                             "Use the multi-speaker prior (presets/prior) or a subject fine-tuned from it.")
+        return MappingModel(self.net, self.variant, self.config, self.pca, self.norm, self.directory,
+                            self.rigid, self.gain, identity)
 
     def conditioning(self, audio: np.ndarray, pose: np.ndarray, cheek: np.ndarray,
                      fps: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,6 +273,8 @@ class MappingModel:
             talk = z_talk[0].numpy() * n.talk_std + n.talk_mean
             if self.gain is not None:  # articulation calibrated on the subject's validation footage
                 talk = self.gain(talk, pose)
+            if self.identity is not None:  # canonical coordinates -> this person's face
+                talk = self.identity.add(talk, pose)
         talk = talk.astype(np.float32)
         return (talk, coefs.astype(np.float32)) if return_coefs else talk
 

@@ -33,6 +33,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -105,6 +106,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # last part of each clip's (span of) time used for validation
     gap: int = -1  # frames between the training and validation blocks; -1 = one window
     val_stride: int = 32
+    val_window: int = 0  # frames per validation window; 0 = ``window`` (shorter ones fit short clips)
     threads: int = 1  # torch CPU threads while training; 0 = leave torch's setting
     # Probability that a training window's pose and cheek come from another training window (of
     # another moment: no shared frame), its target re-drawn in that pose (studio.face.frontal);
@@ -125,6 +127,10 @@ class TrainConfig:
     @property
     def gap_frames(self) -> int:
         return self.window if self.gap < 0 else self.gap
+
+    @property
+    def val_window_frames(self) -> int:
+        return self.val_window if self.val_window > 0 else self.window
 
 
 @dataclass(frozen=True)
@@ -226,14 +232,16 @@ class PreparedData:
 
 
 def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig, conditioning: str = "paper",
-            audio_norm: str = "none") -> PreparedData:
+            audio_norm: str = "none", base: "ck.MappingModel | None" = None) -> PreparedData:
     """Split, condition (``studio.models.conditioning``), fit PCA + NormStats on the training
-    frames, standardize, index windows."""
+    frames, standardize, index windows. With ``base`` (fine-tuning) its PCA, NormStats and
+    cheek regression are kept instead of fitted: the network's inputs and outputs must mean
+    what they meant when it was trained."""
     train_idx, val_idx, tr_sel, n_val = [], [], [], 0
     for i, b in enumerate(blocks):
         (t0, t1), (v0, v1) = split_train_val(b.frames, tc.val_fraction, tc.gap_frames)
         s_tr = window_starts(b.valid, t0, t1, tc.window, tc.stride)
-        s_va = window_starts(b.valid, v0, v1, tc.window, tc.val_stride)
+        s_va = window_starts(b.valid, v0, v1, tc.val_window_frames, tc.val_stride)
         train_idx.append(np.stack([np.full_like(s_tr, i), s_tr], 1))
         val_idx.append(np.stack([np.full_like(s_va, i), s_va], 1))
         sel = np.zeros(b.frames, bool)
@@ -246,26 +254,29 @@ def prepare(blocks: Sequence[ClipArrays], tc: TrainConfig, conditioning: str = "
         raise InputError(f"No {tc.window}-frame training window fits the clips "
                          f"({sum(b.frames for b in blocks)} frames in all).",
                          "Give longer clips (at least ~10 s each) or more of them.")
-    if len(val_index) == 0 and tc.val_fraction > 0:
-        raise InputError(f"No {tc.window}-frame validation window fits in the last {tc.val_fraction:.0%} "
+    if len(val_index) == 0 and tc.val_fraction > 0 and base is None:
+        raise InputError(f"No {tc.val_window_frames}-frame validation window fits in the last {tc.val_fraction:.0%} "
                          "of the clips.", "Give longer clips, or lower mapping_train.val_fraction.")
-    mouth = np.concatenate([b.talk[s, layout.TALK_MOUTH] for b, s in zip(blocks, tr_sel)])
-    pca = MouthPCA.fit(mouth)
     audio = [cond.normalize_audio(b.audio, audio_norm) for b in blocks]
     rigid = None
     if conditioning == "rigid":
         poses = [cond.smooth_pose(b.pose, b.fps) for b in blocks]
-        rigid = cond.RigidCheek.fit(np.concatenate([p[s] for p, s in zip(poses, tr_sel)]),
-                                    np.concatenate([b.cheek[s] for b, s in zip(blocks, tr_sel)]))
+        rigid = base.rigid if base is not None else cond.RigidCheek.fit(
+            np.concatenate([p[s] for p, s in zip(poses, tr_sel)]),
+            np.concatenate([b.cheek[s] for b, s in zip(blocks, tr_sel)]))
         cheeks = [rigid(p) for p in poses]
     else:
         poses, cheeks = [b.pose for b in blocks], [b.cheek for b in blocks]
-    audio_sel = [np.repeat(s, APF) for s in tr_sel]
-    norm = ck.NormStats.fit(
-        np.concatenate([a[s] for a, s in zip(audio, audio_sel)]),
-        np.concatenate([p[s] for p, s in zip(poses, tr_sel)]),
-        np.concatenate([c[s] for c, s in zip(cheeks, tr_sel)]),
-        np.concatenate([b.talk[s] for b, s in zip(blocks, tr_sel)]), pca.coef_std)
+    if base is not None:
+        pca, norm = base.pca, base.norm
+    else:
+        pca = MouthPCA.fit(np.concatenate([b.talk[s, layout.TALK_MOUTH] for b, s in zip(blocks, tr_sel)]))
+        audio_sel = [np.repeat(s, APF) for s in tr_sel]
+        norm = ck.NormStats.fit(
+            np.concatenate([a[s] for a, s in zip(audio, audio_sel)]),
+            np.concatenate([p[s] for p, s in zip(poses, tr_sel)]),
+            np.concatenate([c[s] for c, s in zip(cheeks, tr_sel)]),
+            np.concatenate([b.talk[s] for b, s in zip(blocks, tr_sel)]), pca.coef_std)
     f32 = np.float32
     return PreparedData(
         audio=[((a - norm.audio_mean) / norm.audio_std).astype(f32) for a in audio],
@@ -407,7 +418,7 @@ def calibrate(out: Path, net, data: PreparedData, tc: TrainConfig, pca_t: tuple)
     preds, trues = [], []
     with torch.no_grad():
         for i in range(0, len(data.val_index), 64):
-            batch = make_batch(data, data.val_index[i:i + 64], tc.window)
+            batch = make_batch(data, data.val_index[i:i + 64], tc.val_window_frames)
             _, talk = forward_physical(net, batch, pca_t)
             preds.append(opening_features(talk.numpy()))
             trues.append(opening_features(batch["talk"].numpy()))
@@ -429,7 +440,7 @@ def evaluate_windows(net, data: PreparedData, index: np.ndarray, lc: LossConfig,
     with torch.no_grad():
         for i in range(0, len(index), 64):
             sub = index[i:i + 64]
-            batch = make_batch(data, sub, tc.window)
+            batch = make_batch(data, sub, tc.val_window_frames)
             coef, talk = forward_physical(net, batch, pca_t)
             terms = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)
             for k, v in terms.items():
@@ -440,7 +451,8 @@ def evaluate_windows(net, data: PreparedData, index: np.ndarray, lc: LossConfig,
 def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str | os.PathLike[str],
                   preset: str | os.PathLike[str] | dict = "cpu", seed: int = 0, *,
                   span: tuple[float, float] = (0.0, 1.0), resume: bool = True, progress: bool = False,
-                  callback: Callable[[dict], None] | None = None, **train_overrides: Any) -> Path:
+                  callback: Callable[[dict], None] | None = None, persons: Sequence[str] | None = None,
+                  base: str | os.PathLike[str] | None = None, **train_overrides: Any) -> Path:
     """Train ``variant`` on ``clips`` (one subject) and write a checkpoint folder; returns it.
 
     clips: Clip objects (their ``span`` of time is used) or ready ClipArrays blocks.
@@ -449,31 +461,53 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     (an exception raised there interrupts training; the state of finished epochs is kept).
     If ``out_dir`` already holds a complete checkpoint of the same data and settings, it is
     returned as is; an interrupted one is resumed (unless ``resume`` is False).
+
+    Canonical coordinates (``studio.models.identity``): with ``persons`` (one label per clip) the
+    model is trained on several people, each person's face-shape offset taken out of their
+    targets (the multi-speaker prior); with ``base`` (a canonical checkpoint, e.g. the prior)
+    training starts from its weights and keeps its PCA, statistics, cheek regression and
+    articulation gain (fine-tuning), and the base itself is epoch 0 of early stopping: the result
+    is never worse than the base on the validation windows. Both write ``identity.npz``.
     """
     import torch
 
     out = Path(out_dir)
     st = settings_for(variant, preset, **train_overrides)
+    prior = _load_base(base, variant) if base is not None else None
+    if prior is not None:
+        st = dataclasses.replace(st, model=prior.net.cfg)
     tc, lc = st.train, st.loss
     blocks = [c if isinstance(c, ClipArrays) else clip_arrays(c, span) for c in clips]
     if not blocks:
         raise InputError("No clips to train on.", "Pass at least one preprocessed clip folder.")
+    canonical = persons is not None or prior is not None
+    offsets: dict[str, np.ndarray] = {}
+    if canonical:
+        if getattr(st.model, "conditioning", "paper") != "rigid":
+            raise InputError("Multi-person training needs the rigid conditioning.", "Train the 'ours' variant.")
+        blocks, offsets = to_canonical(blocks, persons)
     fp = _fingerprint(variant, st, seed, blocks)
+    if prior is not None:
+        fp = hashlib.sha256((fp + str(prior.config.get("fingerprint"))).encode()).hexdigest()[:16]
     state_dir = out / STATE_DIR
     done = _read_json(out / ck.CONFIG_NAME)
     if resume and done and done.get("fingerprint") == fp:
         log.info("%s already holds this trained model; nothing to do", out)
         return out
-    data = prepare(blocks, tc, getattr(st.model, "conditioning", "paper"), st.model.audio_norm)
+    data = prepare(blocks, tc, getattr(st.model, "conditioning", "paper"), st.model.audio_norm, base=prior)
 
     torch.manual_seed(seed)
     net = ck.model_from_config(variant, to_dict(st.model))
+    if prior is not None:
+        net.load_state_dict(prior.net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     info = _load_state(state_dir, net, opt) if resume else None
     if info is not None and info.get("fingerprint") != fp:
         log.warning("ignoring the training state in %s: it belongs to other data or settings", state_dir)
         torch.manual_seed(seed)
         net = ck.model_from_config(variant, to_dict(st.model))
+        if prior is not None:
+            net.load_state_dict(prior.net.state_dict())
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         info = None
     if info is None:
@@ -487,14 +521,17 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         if data.rigid is not None:
             data.rigid.save(out / cond.CONDITIONING_NAME)
         ck.save_weights(net, out / ck.WEIGHTS_NAME)
+        if prior is not None and len(data.val_index):  # epoch 0: the base as it is
+            mouth_only = bool(net.mouth_only)
+            base_val = evaluate_windows(net, data, data.val_index, lc, tc, _pca_tensors(data),
+                                        layout.TALK_MOUTH if mouth_only else slice(None))["all"]
+            info.update(best_val=base_val, base_val=base_val)
     else:
         log.info("resuming %s from epoch %d", out, info["state_epoch"])
 
     mouth_only = bool(net.mouth_only)
     dims = layout.TALK_MOUTH if mouth_only else slice(None)
-    n = data.norm
-    pca_t = tuple(torch.from_numpy(np.asarray(x, np.float32)) for x in
-                  (n.coef_std, n.talk_mean, n.talk_std, data.pca.mean, data.pca.components))
+    pca_t = _pca_tensors(data)
     log.info("training %s on %d frames (%d windows), validating on %d frames", variant,
              data.train_frames, len(data.train_index), data.val_frames)
 
@@ -559,10 +596,18 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             if callback is not None:
                 callback(record)
     bar.close()
-    if data.geom_pose is not None and tc.calibrate and len(data.val_index):
+    if prior is not None and (info["best_epoch"] == 0 or not len(data.val_index)):
+        if prior.gain is not None:  # the prior itself won: its own calibration
+            prior.gain.save(out / cond.CALIBRATION_NAME)
+            info["gain"] = prior.gain.gain
+    elif data.geom_pose is not None and (tc.calibrate or prior is not None) and len(data.val_index):
+        # a fine-tuned network articulates differently from the prior: calibrate it on the
+        # person's held-out footage
         gain = calibrate(out, net, data, tc, pca_t)
         gain.save(out / cond.CALIBRATION_NAME)
         info["gain"] = gain.gain
+    if canonical:
+        write_identity(out, blocks, offsets, data.pca)
     _write_log(out, info["history"])
     config = {
         "format": ck.FORMAT, "version": ck.VERSION, "variant": variant, "seed": seed,
@@ -574,13 +619,76 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         "result": {"epochs": info["state_epoch"], "best_epoch": info["best_epoch"],
                    "best_val_loss": info["best_val"], "train_seconds": round(info["elapsed"], 3),
                    "train_cpu_seconds": round(info.get("cpu", 0.0), 3),
-                   "stopped": info["stopped"], "articulation_gain": info.get("gain", 1.0)},
+                   "stopped": info["stopped"], "articulation_gain": info.get("gain", 1.0),
+                   **({"base_val_loss": info.get("base_val")} if prior is not None else {})},
     }
+    if canonical:
+        config["identity"] = {"persons": sorted(offsets), "base": None if base is None else str(base),
+                              "base_fingerprint": None if prior is None else prior.config.get("fingerprint")}
     write_json_atomic(out / ck.CONFIG_NAME, config)
     shutil.rmtree(state_dir, ignore_errors=True)
     log.info("%s: best epoch %d of %d, val loss %.4g, %.1f s", out, info["best_epoch"], info["state_epoch"],
              info["best_val"], info["elapsed"])
     return out
+
+
+def _pca_tensors(data: PreparedData) -> tuple:
+    import torch
+
+    n = data.norm
+    return tuple(torch.from_numpy(np.asarray(x, np.float32)) for x in
+                 (n.coef_std, n.talk_mean, n.talk_std, data.pca.mean, data.pca.components))
+
+
+def _load_base(base: str | os.PathLike[str], variant: str) -> "ck.MappingModel":
+    prior = ck.MappingModel.load(base)
+    if prior.identity is None or prior.rigid is None or np.any(prior.identity.delta != 0):
+        raise InputError(f"{base} is not a multi-speaker prior; fine-tuning starts from one.",
+                         "Use the prior shipped in presets/prior (or one trained with `studio train-prior`).")
+    if prior.variant != variant:
+        raise InputError(f"{base} is a {prior.variant!r} model, not {variant!r}.", "Fine-tune the prior's own variant.")
+    return prior
+
+
+# -- canonical (identity-free) coordinates ---------------------------------------------------------
+def to_canonical(blocks: Sequence[ClipArrays], persons: Sequence[str] | None) -> tuple[list, dict]:
+    """Take each person's face-shape offset (``studio.models.identity``) out of their clips' targets.
+
+    persons: one label per block (None: all one person). Returns (blocks, {label: delta (58,)}).
+    """
+    from studio.models import identity
+
+    labels = [""] * len(blocks) if persons is None else [str(p) for p in persons]
+    if len(labels) != len(blocks):
+        raise InputError(f"{len(labels)} person labels for {len(blocks)} clips.", "Give one label per clip.")
+    poses = [cond.smooth_pose(b.pose, b.fps) for b in blocks]
+    offsets = {}
+    for lab in dict.fromkeys(labels):
+        ks = [k for k, other in enumerate(labels) if other == lab]
+        offsets[lab] = identity.measure([blocks[k].talk for k in ks], [poses[k] for k in ks],
+                                        [blocks[k].valid for k in ks])
+    out = []
+    for b, lab, pose in zip(blocks, labels, poses):
+        shift = identity.posed(offsets[lab], pose)
+        out.append(dataclasses.replace(b, talk=(b.talk - shift).astype(np.float32),
+                                       gt_talk=None if b.gt_talk is None else (b.gt_talk - shift).astype(np.float32)))
+    return out, offsets
+
+
+def write_identity(out: Path, blocks: Sequence[ClipArrays], offsets: dict[str, np.ndarray], pca: MouthPCA) -> None:
+    """identity.npz (the one person's offset; zero for a multi-person model) and, for one person,
+    the mouth PCA moved onto their mouth (same basis; its mean shifted by their average offset,
+    as seen in their poses), so that coefficients and sliders work in the person's coordinates."""
+    from studio.models.identity import IdentityOffset, posed
+
+    if len(offsets) != 1:
+        IdentityOffset.zero().save(out / ck.IDENTITY_NAME)
+        return
+    delta = next(iter(offsets.values()))
+    IdentityOffset(delta).save(out / ck.IDENTITY_NAME)
+    shift = np.concatenate([posed(delta, cond.smooth_pose(b.pose, b.fps))[b.valid] for b in blocks])
+    mean = (pca.mean + shift[:, layout.TALK_MOUTH].mean(axis=0)).astype(np.float32)
+    dataclasses.replace(pca, mean=mean).save(out)
 
 
 def _read_json(path: Path) -> dict | None:

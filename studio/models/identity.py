@@ -1,0 +1,107 @@
+"""Face shape apart from articulation: one offset per person, so one mapping fits every face.
+
+A person-specific mapping learns the person's mouth shape along with how it moves. A model shared
+by many people (the multi-speaker prior, ``studio.train.prior``) must not: lip thickness, mouth
+width and jaw shape differ between people (and between landmark detectors) by more than most
+articulation does. So each person p gets an identity offset, in a FRONTAL view
+(``studio.face.frontal``)::
+
+    delta_p = mean over p's frames of frontalize(talk, pose)  -  REFERENCE          (58,)
+
+with REFERENCE the 3D mean face's talking points seen frontally (a constant: nothing to store or
+fit). The shared model is trained on every person's targets with their offset taken out, drawn
+in each frame's head pose::
+
+    canonical(t) = talk(t) - L(pose(t)) delta_p
+
+where L(pose) is the linear part of re-posing (``frontal.repose`` is affine: a rotation and a
+projection, plus the mean face's depth term, which cancels in a difference). At inference the
+person's offset is put back: talk = prediction + L(pose) delta_p. The offset of a new person is
+measured on their footage alone (any number of frames with a face), which is what makes the
+prior usable on a person it never saw, with no training.
+
+Stored in a checkpoint folder as ``identity.npz`` (``frontal_offset`` (58,), allow_pickle=False);
+a checkpoint without one predicts in its training person's own coordinates (person-specific
+training), as before.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from studio.errors import CheckpointError, InputError
+from studio.face import frontal, layout
+
+IDENTITY_NAME = "identity.npz"
+
+
+@lru_cache(maxsize=1)
+def reference() -> np.ndarray:
+    """(58,) the 3D mean face's talking points, frontal, in normalized coordinates."""
+    pts = frontal._mean_face_centred()[list(layout.TALKING), :2] * frontal._frontal_scale()
+    return pts.reshape(-1).astype(np.float32)
+
+
+def posed(delta: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """L(pose) delta: a frontal offset (58,) seen in each head pose (T, 3) -> (T, 58)."""
+    t = len(pose)
+    d = np.broadcast_to(np.asarray(delta, np.float32).reshape(1, layout.N_TALKING, 2), (t, layout.N_TALKING, 2))
+    zero = np.zeros_like(d)
+    moved = frontal.repose(d, pose) - frontal.repose(zero, pose)
+    return moved.reshape(t, layout.TALK_DIM).astype(np.float32)
+
+
+def measure(talks, poses, valids=None) -> np.ndarray:
+    """A person's offset from their footage: lists of talk (T, 58), pose (T, 3) degrees (the
+    conditioning's low-passed pose), optional valid (T,) -> delta (58,) float32."""
+    fronts = []
+    for k, (talk, pose) in enumerate(zip(talks, poses)):
+        sel = np.ones(len(talk), bool) if valids is None else np.asarray(valids[k], bool)
+        if sel.any():
+            fronts.append(frontal.move_to_frontal(np.asarray(talk)[sel], np.asarray(pose)[sel]))
+    if not fronts:
+        raise InputError("No frame with a detected face to measure the person's mouth shape from.",
+                         "Use footage in which the face is visible.")
+    return (np.concatenate(fronts).astype(np.float64).mean(axis=0) - reference()).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class IdentityOffset:
+    """delta (58,): the person's mean frontal talking points minus :func:`reference`."""
+
+    delta: np.ndarray
+
+    @classmethod
+    def zero(cls) -> "IdentityOffset":
+        return cls(np.zeros(layout.TALK_DIM, np.float32))
+
+    def add(self, talk: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """Canonical talk (T, 58) seen in ``pose`` (T, 3) -> the person's."""
+        return (np.asarray(talk, np.float32) + posed(self.delta, pose)).astype(np.float32)
+
+    def remove(self, talk: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """The person's talk (T, 58) seen in ``pose`` (T, 3) -> canonical."""
+        return (np.asarray(talk, np.float32) - posed(self.delta, pose)).astype(np.float32)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        from studio.fsutil import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, frontal_offset=self.delta.astype(np.float32))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "IdentityOffset":
+        hint = "Rebuild the subject (`python -m studio make-subject`); the checkpoint is damaged."
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                delta = np.asarray(z["frontal_offset"], np.float32)
+        except Exception as exc:
+            raise CheckpointError(f"Identity file {path} is unreadable: {exc}.", hint) from None
+        if delta.shape != (layout.TALK_DIM,) or not np.isfinite(delta).all():
+            raise CheckpointError(f"{path} holds an invalid identity offset.", hint)
+        return cls(delta)

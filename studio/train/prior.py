@@ -1,0 +1,304 @@
+"""The multi-speaker prior and fine-tuning a new person from it.
+
+``python -m studio train-prior --out presets/prior [--exclude obama] [--seed 0] [--synthetic 6]``
+
+The prior is the default cascade (``ours``: rigid conditioning, utterance audio normalization,
+the cpu preset's loss) trained on every real speaker in ../shared whose audio is in sync with
+their video, plus synthetic heads (``studio.data.synth``) with varied face shapes, in canonical
+coordinates (``studio.models.identity``): each person's face-shape offset is taken out of their
+targets, so the network learns articulation, not faces. It ships in ``presets/prior`` (~0.5 MB:
+safetensors + JSON + small npz files) and works as-is for a person it never saw: their offset
+is measured on the footage being dubbed.
+
+Fine-tuning (:func:`fine_tune`, used by ``make-subject``): a subject's ``ours`` mapping starts
+from the prior, keeps its statistics and PCA, and trains on the person's footage with early
+stopping whose epoch 0 is the prior itself, so the result is never worse than the prior on the
+held-out end of the footage. How much it trains depends on how much footage there is
+(:func:`finetune_plan`): windows shrink to fit short clips, and below about 6 s there is no
+held-out part worth the name, so the subject is the prior with the person's offset
+(:func:`adapt_prior`).
+
+Speakers (``SPEAKERS``): Obama (4 clips, ~100 s), Katie Hill, Alexandria Ocasio-Cortez and a
+young man outdoors (7-8 s each, their own audio tracks). Left out (``EXCLUDED``): andrew_clip_1/2
+and reagan_clip1, whose separate wav files are not the speech of their videos, and
+theresa_may_5s, whose mouth does not follow its audio at any small lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from studio.config import PRESETS_DIR
+from studio.errors import InputError
+from studio.fsutil import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PRIOR_DIR = PRESETS_DIR / "prior"
+VARIANT = "ours"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One real clip of ../shared: the video and (when the video has none) its speech file."""
+
+    speaker: str
+    video: str  # relative to shared/media
+    audio: str | None = None
+    test: bool = False  # the project's held-out test speech: not in the shipped prior
+
+
+SPEAKERS: tuple[Source, ...] = (
+    Source("obama", "video/obama_clip1.mp4", "video/obama_clip1.wav"),
+    Source("obama", "video/obama_clip2.mp4", "video/obama_clip2.wav"),
+    Source("obama", "video/obama_clip3.mp4", "video/obama_clip3.wav", test=True),
+    Source("obama", "video/obama_weekly_address.mp4"),
+    Source("katie_hill", "video/katie_hill.mp4"),
+    Source("aoc", "video/aoc.mp4"),
+    Source("young_man", "video/young_man_outdoors.mp4"),
+)
+# Measured with :func:`audio_sync` (docs/results/prior.md): the speech's log energy against the
+# inner-lip opening, best r within +-0.3 s. In sync: Obama 0.33-0.47, Katie Hill 0.24, AOC 0.23,
+# young man 0.53. Left out (best r within +-0.3 s, and within +-2 s):
+EXCLUDED: dict[str, str] = {
+    "andrew": "andrew_clip_1.wav -0.01 / 0.12, andrew_clip_2.wav 0.13 / 0.14: not the video's speech",
+    "reagan": "reagan_clip1.wav 0.04 / 0.21 (at -1.0 s): not the video's speech",
+    "theresa_may": "theresa_may_5s.mp4 0.08 / 0.41 at +1.4 s on a 5 s clip: no reliable sync",
+}
+# Speech for the synthetic heads: none of it is a real speaker's own footage audio.
+SYNTH_SPEECH = ("speech/english_60s_16k.wav", "speech/abstract_reading.mp3", "speech/macron_48k_stereo.wav",
+                "speech/radio_address_16k_stereo.wav", "speech/mandarin_news_48k.wav",
+                "speech/german_24bit_extensible.wav")
+SYNTH_SECONDS = 30.0
+# TrainConfig overrides: the real clips of most speakers are 7-8 s, so validation takes their last
+# quarter in 32-frame windows, and training stops 16 frames before it (not a whole window).
+PRIOR_TRAIN = {"val_fraction": 0.25, "val_window": 32, "val_stride": 16, "gap": 16}
+
+
+def prior_fingerprint(prior: str | os.PathLike[str] = PRIOR_DIR) -> str:
+    """The prior's training fingerprint ("none" when there is no prior): one-step subjects built
+    from another prior are rebuilt."""
+    try:
+        return str(json.loads((Path(prior) / "config.json").read_text()).get("fingerprint", "none"))
+    except (OSError, ValueError):
+        return "none"
+
+
+def speakers() -> list[str]:
+    return list(dict.fromkeys(s.speaker for s in SPEAKERS))
+
+
+# -- data ------------------------------------------------------------------------------------------
+def real_clips(shared: Path, work: Path, only: Sequence[str] | None = None, exclude: Sequence[str] = (),
+               with_test: bool = True):
+    """Preprocess (cached in ``work``) the real speakers' clips -> [(speaker, Clip)]."""
+    from studio.data.preprocess import preprocess
+
+    out = []
+    for src in SPEAKERS:
+        if src.speaker in exclude or (only is not None and src.speaker not in only) or (src.test and not with_test):
+            continue
+        video = shared / "media" / src.video
+        audio = shared / "media" / src.audio if src.audio else None
+        clip = preprocess(video, work / "real" / Path(src.video).stem, audio=audio, progress=False)
+        out.append((src.speaker, clip))
+    return out
+
+
+def synthetic_clips(shared: Path, work: Path, n: int, seconds: float = SYNTH_SECONDS):
+    """``n`` synthetic heads, each its own face shape (seed) and speech -> [(label, Clip)]."""
+    from studio.data.clip import Clip
+    from studio.data.synth import SynthConfig, synthesize
+
+    out = []
+    for k in range(n):
+        folder = work / "synth" / f"head{k}"
+        try:
+            clip = Clip.load(folder)
+        except Exception:
+            speech = shared / "media" / SYNTH_SPEECH[k % len(SYNTH_SPEECH)]
+            clip = synthesize(folder, seconds, 7000 + k, speech=speech, render=False,
+                              config=SynthConfig(shape_variation=1.5))
+        out.append((f"synth{k}", clip))
+    return out
+
+
+def train_prior(out: str | os.PathLike[str], *, shared: str | os.PathLike[str], work: str | os.PathLike[str],
+                exclude: Sequence[str] = (), synthetic: int = 6, seed: int = 0, preset: str = "cpu",
+                with_test: bool = False, **train_overrides) -> Path:
+    """Train the prior on the real speakers (minus ``exclude``; the test clip obama_clip3 only
+    ``with_test``) and ``synthetic`` heads."""
+    from studio.train.mapping import train_mapping
+
+    shared, work = Path(shared), Path(work)
+    unknown = set(exclude) - set(speakers())
+    if unknown:
+        raise InputError(f"Unknown speaker(s) {sorted(unknown)}.", f"Known: {', '.join(speakers())}.")
+    pairs = real_clips(shared, work, exclude=exclude, with_test=with_test) + synthetic_clips(shared, work, synthetic)
+    persons = [p for p, _ in pairs]
+    log.info("training the prior on %d clips of %d people (%s)", len(pairs), len(set(persons)),
+             ", ".join(dict.fromkeys(persons)))
+    settings = {**PRIOR_TRAIN, **train_overrides}
+    return train_mapping([c for _, c in pairs], VARIANT, out, preset, seed, persons=persons, **settings)
+
+
+# -- fine-tuning -----------------------------------------------------------------------------------
+MIN_FINETUNE_WINDOW = 24  # frames; below this the held-out part cannot judge a fine-tune
+FINETUNE_VAL_FRACTION = 0.25
+
+
+def finetune_plan(block_frames: Sequence[int]) -> dict | None:
+    """TrainConfig overrides for fine-tuning on blocks of these lengths, or None (prior only).
+
+    The held-out part is the last quarter of each block; the window is the largest multiple of 8
+    (at most 64) that fits into it; training windows stop 8 frames before it (the fine-tune is
+    judged on frames it never saw; the receptive field's overlap is a small bias that the
+    comparison with the prior shares).
+    """
+    longest = max(block_frames, default=0)
+    window = min(64, int(FINETUNE_VAL_FRACTION * longest) // 8 * 8)
+    if window < MIN_FINETUNE_WINDOW:
+        return None
+    return {"window": window, "stride": 4, "val_fraction": FINETUNE_VAL_FRACTION, "gap": 8,
+            "val_stride": max(8, window // 2), "lr": 3e-4, "max_epochs": 20, "patience": 4,
+            "batch_size": 16, "calibrate": False}
+
+
+def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[str] = PRIOR_DIR,
+              seed: int = 0, span: tuple[float, float] = (0.0, 1.0), plan: dict | None | str = "auto",
+              preset: str = "cpu") -> Path:
+    """A subject's ``ours`` mapping from the prior: fine-tuned when the footage allows, else the
+    prior with the person's offset. ``clips``: Clip objects or ClipArrays of one person."""
+    from studio.train.mapping import train_mapping
+    from studio.train.windows import ClipArrays, clip_arrays
+
+    blocks = [c if isinstance(c, ClipArrays) else clip_arrays(c, span) for c in clips]
+    if not blocks:
+        raise InputError("No footage to build the mapping from.", "Give at least one video of the person.")
+    if plan == "auto":
+        plan = finetune_plan([b.frames for b in blocks])
+    if plan is None:
+        log.info("footage too short to fine-tune (%d frames): using the prior with this person's face shape",
+                 sum(b.frames for b in blocks))
+        return adapt_prior(prior, blocks, out)
+    return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, **plan)
+
+
+def adapt_prior(prior: str | os.PathLike[str], blocks, out: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder that is the prior, predicting for the person of ``blocks``."""
+    from studio.models import conditioning as cond
+    from studio.train import checkpoint as ck
+    from studio.train.mapping import _load_base, to_canonical, write_identity
+
+    base = _load_base(prior, VARIANT)
+    out = Path(out)
+    canon, offsets = to_canonical(blocks, None)
+    fingerprint = _adapt_fingerprint(base, offsets)
+    try:
+        done = json.loads((out / ck.CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        done = None
+    if isinstance(done, dict) and done.get("fingerprint") == fingerprint:
+        return out
+    (out / ck.CONFIG_NAME).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    src = Path(prior)
+    for name in (ck.WEIGHTS_NAME, ck.NORM_NAME, cond.CONDITIONING_NAME, cond.CALIBRATION_NAME):
+        if (src / name).exists():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(src / name, tmp)
+    write_identity(out, canon, offsets, base.pca)
+    config = {**base.config, "fingerprint": fingerprint,
+              "data": {"clips": [b.name for b in blocks], "fps": float(np.median([b.fps for b in blocks])),
+                       "train_frames": 0, "val_frames": 0, "frames": int(sum(b.frames for b in blocks))},
+              "result": {"epochs": 0, "best_epoch": 0, "stopped": "prior_only",
+                         "articulation_gain": base.gain.gain if base.gain is not None else 1.0},
+              "identity": {"persons": [""], "base": str(prior), "base_fingerprint": base.config.get("fingerprint")}}
+    write_json_atomic(out / ck.CONFIG_NAME, config)
+    return out
+
+
+def _adapt_fingerprint(base, offsets: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256(str(base.config.get("fingerprint")).encode())
+    for delta in offsets.values():
+        h.update(np.ascontiguousarray(delta, np.float32).tobytes())
+    return "prior-" + h.hexdigest()[:16]
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    from studio.config import REPO_ROOT
+
+    parser.add_argument("--out", default=str(PRIOR_DIR), help="checkpoint folder (default: presets/prior)")
+    parser.add_argument("--shared", default=os.environ.get("STUDIO_SHARED", str(REPO_ROOT.parent / "shared")),
+                        help="the shared media folder (default: ../shared)")
+    parser.add_argument("--work", default=None, help="cache for preprocessed and synthetic clips (default: ~/.cache/lip-sync-studio/prior_data)")
+    parser.add_argument("--exclude", default="", help="comma-separated speakers to leave out (e.g. obama)")
+    parser.add_argument("--synthetic", type=int, default=6, help="number of synthetic heads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-epochs", type=int, default=None)
+
+
+def cli(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    work = Path(args.work) if args.work else Path.home() / ".cache" / "lip-sync-studio" / "prior_data"
+    exclude = tuple(s.strip() for s in args.exclude.split(",") if s.strip())
+    train_prior(out, shared=args.shared, work=work, exclude=exclude, synthetic=args.synthetic, seed=args.seed,
+                max_epochs=args.max_epochs)
+    result = json.loads((out / "config.json").read_text())["result"]
+    log.info("prior written to %s: %s", out, result)
+    return 0
+
+
+MIN_SPEECH_SYNC = 0.1  # audio_sync r within +-0.3 s below which the footage's sound is not its speech
+
+
+def speech_problem(clips) -> str | None:
+    """Why the footage's own sound cannot teach the mapping (None: it can): no audio track,
+    silence, or sound the mouth does not follow (music, a voice-over, a dubbed track)."""
+    from studio.audio import frame_energy
+    from studio.media import read_audio
+
+    voiced, synced = False, []
+    for clip in clips:
+        if clip.audio_path is None or clip.meta.audio_seconds <= 0:
+            continue
+        energy = frame_energy(read_audio(clip.audio_path), clip.meta.frames, float(clip.meta.fps))
+        if float(np.max(energy, initial=0.0)) < 1e-4:
+            continue
+        voiced = True
+        synced.append(audio_sync(clip, 0.3)[1])
+    if not voiced:
+        return "The footage has no audible sound of its own."
+    if max(synced) < MIN_SPEECH_SYNC:
+        return (f"The footage's sound does not follow its mouth (r = {max(synced):.2f} at best): "
+                "it is probably music, a voice-over or another language track.")
+    return None
+
+
+def audio_sync(clip, max_lag_s: float = 2.0) -> tuple[float, float]:
+    """Does a clip's audio go with its video? (best lag in seconds (> 0: the mouth moves after the
+    sound), r there) of the speech's log energy against the inner-lip opening, lags within
+    +-``max_lag_s``. Speech that belongs to the video peaks at 0.3-0.5 within a few frames."""
+    from studio.audio import frame_energy
+    from studio.media import read_audio
+    from studio.metrics import best_lag, log_energy, openings
+
+    fps = float(clip.meta.fps)
+    energy = log_energy(frame_energy(read_audio(clip.audio_path), clip.meta.frames, fps))
+    inner = openings(clip.landmarks)["inner"]
+    keep = np.flatnonzero(clip.valid)
+    inner = np.interp(np.arange(len(inner)), keep, inner[keep])
+    lag, r = best_lag(inner, energy, int(round(max_lag_s * fps)))
+    return lag / fps, r

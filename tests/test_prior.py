@@ -1,0 +1,189 @@
+"""The multi-speaker prior: face-shape offsets, fine-tuning, short footage and the one-step dub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from studio import media
+from studio.config import REPO_ROOT
+from studio.data.synth import SynthConfig, synthesize
+from studio.face import frontal
+from studio.models import identity
+from studio.models.conditioning import smooth_pose
+from studio.train.checkpoint import MappingModel
+from studio.train.mapping import to_canonical
+from studio.train.prior import PRIOR_DIR, adapt_prior, fine_tune, finetune_plan, speech_problem
+from studio.train.windows import clip_arrays
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SPEECH = REPO_ROOT / "sample_media" / "speech.wav"
+
+
+def _cut(src, out, seconds: float, audio: bool = True):
+    """The first ``seconds`` of a video (re-encoded; without sound unless ``audio``)."""
+    cmd = [media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-t", f"{seconds}", "-c:v", "libx264",
+           "-preset", "veryfast", "-pix_fmt", "yuv420p"] + (["-c:a", "aac"] if audio else ["-an"]) + [str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """Two synthetic people with different face shapes (no video)."""
+    root = tmp_path_factory.mktemp("heads")
+    cfg = SynthConfig(shape_variation=1.5)
+    return [synthesize(root / f"h{k}", 12.0, 300 + k, render=False, config=cfg) for k in range(2)]
+
+
+# -- identity offsets ------------------------------------------------------------------------------
+def test_offset_is_added_and_removed_exactly():
+    rng = np.random.default_rng(0)
+    talk = rng.normal(0, 0.3, (20, 58)).astype(np.float32)
+    pose = rng.uniform(-25, 25, (20, 3)).astype(np.float32)
+    off = identity.IdentityOffset(rng.normal(0, 0.05, 58).astype(np.float32))
+    assert np.allclose(off.remove(off.add(talk, pose), pose), talk, atol=1e-5)
+    # frontal: the offset is added as it is
+    assert np.allclose(identity.posed(off.delta, np.zeros((1, 3))), off.delta, atol=1e-5)
+
+
+def test_canonical_coordinates_take_out_the_face_shape(heads):
+    blocks = [clip_arrays(h) for h in heads]
+    poses = [smooth_pose(b.pose, b.fps) for b in blocks]
+
+    def frontal_mean(bs):
+        return [frontal.move_to_frontal(b.talk[b.valid], p[b.valid]).mean(axis=0) for b, p in zip(bs, poses)]
+
+    before = frontal_mean(blocks)
+    assert np.abs(before[0] - before[1]).max() > 0.03  # two different faces
+    canon, offsets = to_canonical(blocks, ["a", "b"])
+    after = frontal_mean(canon)
+    for m in after:  # each person's average mouth is now the reference face's
+        assert np.abs(m - identity.reference()).max() < 2e-3
+    assert set(offsets) == {"a", "b"}
+
+
+# -- the shipped prior -----------------------------------------------------------------------------
+def test_shipped_prior_is_canonical_small_and_holds_out_the_test_clip():
+    model = MappingModel.load(PRIOR_DIR)
+    assert model.variant == "ours" and model.identity is not None
+    assert np.all(model.identity.delta == 0)
+    cfg = json.loads((PRIOR_DIR / "config.json").read_text())
+    assert {"obama", "katie_hill", "aoc", "young_man"} <= set(cfg["identity"]["persons"])
+    assert not any("obama_clip3" in c for c in cfg["data"]["clips"])  # the project's test speech
+    assert sum(f.stat().st_size for f in PRIOR_DIR.iterdir()) < 2_000_000
+
+
+def test_prior_alone_dubs_held_out_speech_onto_a_template(shared, tmp_path, weights_dir, monkeypatch):
+    """obama_clip3 is in no training data of the prior: its speech, dubbed onto 10 s of obama_clip1
+    by the prior with no training, must follow the real clip 3 mouth far better than no lip sync."""
+    from studio.data.preprocess import preprocess
+    from studio.train.evaluate import dubbing_pairs
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+    v = shared / "media" / "video"
+    tpl = preprocess(v / "obama_clip1.mp4", tmp_path / "c1", audio=v / "obama_clip1.wav", stop=300, progress=False)
+    speech = preprocess(v / "obama_clip3.mp4", tmp_path / "c3", audio=v / "obama_clip3.wav", stop=300,
+                        progress=False)
+    ckpt = adapt_prior(PRIOR_DIR, [clip_arrays(tpl)], tmp_path / "adapted")
+    res = dubbing_pairs(MappingModel.load(ckpt), [(speech, (0.0, 1.0), tpl, (0.0, 1.0))])
+    assert res["dub"]["inner_r"] > 0.3
+    assert res["dub"]["inner_r"] > res["template"]["inner_r"] + 0.2
+    assert abs(res["dub"]["inner_lag"]) <= 4
+
+
+# -- fine-tuning -----------------------------------------------------------------------------------
+def test_finetune_plan_shrinks_windows_and_gives_up_on_tiny_footage():
+    assert finetune_plan([90]) is None  # 3 s at 30 fps
+    short = finetune_plan([250])  # 10 s at 25 fps
+    assert short is not None and 24 <= short["window"] <= 64 and short["window"] % 8 == 0
+    assert finetune_plan([1500])["window"] == 64
+
+
+def test_finetune_is_never_worse_than_the_prior_on_held_out_footage(heads, tmp_path):
+    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    res = cfg["result"]
+    assert res["base_val_loss"] is not None and res["best_val_loss"] <= res["base_val_loss"] + 1e-9
+    model = MappingModel.load(ckpt)
+    assert model.identity is not None and np.abs(model.identity.delta).max() > 0  # this person's face
+    # the mouth PCA moved onto the person's mouth: their mouths have ~zero mean coefficients
+    b = clip_arrays(heads[0])
+    coefs = model.pca.transform(b.talk[b.valid][:, :40])
+    assert np.abs(coefs.mean(axis=0)).max() < 0.5 * np.abs(MappingModel.load(PRIOR_DIR).pca.transform(
+        b.talk[b.valid][:, :40]).mean(axis=0)).max() + 1e-3
+
+
+def test_three_seconds_of_footage_use_the_prior_without_error(heads, tmp_path):
+    three = heads[1].meta.fps * 3
+    ckpt = fine_tune([clip_arrays(heads[1], (0.0, three / heads[1].meta.frames))], tmp_path / "short",
+                     prior=PRIOR_DIR)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["result"]["stopped"] == "prior_only"
+    b = clip_arrays(heads[1])
+    talk = MappingModel.load(ckpt).predict(b.audio, b.pose, b.cheek, fps=b.fps)
+    assert talk.shape == (b.frames, 58) and np.isfinite(talk).all()
+
+
+def test_fine_tuning_needs_a_prior(heads, tmp_path):
+    from studio.errors import InputError
+    from studio.train.mapping import train_mapping
+
+    person = tmp_path / "person"
+    adapt_prior(PRIOR_DIR, [clip_arrays(heads[0])], person)
+    with pytest.raises(InputError, match="not a multi-speaker prior"):
+        train_mapping([heads[1]], "ours", tmp_path / "x", base=person)
+
+
+# -- subjects from short real footage, and the one-step dub ----------------------------------------
+@pytest.fixture(scope="module")
+def short_videos(shared, tmp_path_factory):
+    root = tmp_path_factory.mktemp("short")
+    src = shared / "media" / "video" / "young_man_outdoors.mp4"
+    return {"three": _cut(src, root / "three.mp4", 3.0), "silent": _cut(src, root / "silent.mp4", 3.0, audio=False)}
+
+
+def test_subject_from_three_seconds_of_footage(short_videos, tmp_path, weights_dir, monkeypatch):
+    from studio.subject import make_subject
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+    subject = make_subject([short_videos["three"]], tmp_path / "s")
+    cfg = json.loads((subject.mapping_dir("ours") / "config.json").read_text())
+    assert cfg["result"]["stopped"] == "prior_only" and subject.manifest.retrieval
+
+
+def test_silent_footage_dubs_with_the_prior_and_a_notice(short_videos, tmp_path, weights_dir, monkeypatch):
+    from studio.data.preprocess import preprocess
+    from studio.subject import make_subject
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+    clip = preprocess(short_videos["silent"], tmp_path / "clip", progress=False)
+    assert "no audible sound" in speech_problem([clip])
+    subject = make_subject([short_videos["silent"]], tmp_path / "s")
+    assert any("prior alone" in n for n in subject.manifest.extras["notices"])
+
+
+def test_one_step_dub_builds_once_and_reuses_the_subject(short_videos, tmp_path, weights_dir, monkeypatch):
+    from studio import subject as subject_module
+    from studio.pipeline import Pipeline
+
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    pipe = Pipeline(work_dir=tmp_path / "work")
+    stages = []
+    out = pipe.dub_video(short_videos["three"], SPEECH, tmp_path / "a.mp4", progress=lambda f, d: stages.append((f, d)))
+    info = media.probe_video(out)
+    assert info.frames > 0 and info.has_audio
+    assert any(d.startswith("subject:") for _, d in stages) and any(d.startswith("render") for _, d in stages)
+    fracs = [f for f, _ in stages]
+    assert fracs == sorted(fracs) and fracs[-1] <= 1.0
+
+    def no_build(*a, **k):
+        raise AssertionError("the cached subject was rebuilt")
+
+    monkeypatch.setattr(subject_module, "make_subject", no_build)
+    again = Pipeline(work_dir=tmp_path / "work2").dub_video(short_videos["three"], SPEECH, tmp_path / "b.mp4")
+    assert media.probe_video(again).frames == info.frames
