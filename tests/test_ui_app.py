@@ -60,7 +60,7 @@ def test_page_and_api_are_served(served):
     names = set(info["named_endpoints"])
     for name in ("/predict", "/edit", "/show_frame", "/reset_edits", "/save_edits", "/load_edits", "/facemap",
                  "/preview_frame", "/render_range", "/render", "/cancel", "/landmarks_csv", "/build_subject",
-                 "/ablation_results", "/run_ablation", "/compare", "/subject_info"):
+                 "/ablation_results", "/run_ablation", "/compare", "/subject_info", "/dub_video", "/cancel_dub_video"):
         assert name in names, name
 
 
@@ -151,6 +151,45 @@ def test_user_mistakes_are_messages_and_server_keeps_serving(served, tmp_path):
     # still serving
     out = client.predict(subject_path, handle_file(str(speech)), clip, None, "ours", api_name="/predict")
     assert "frames" in out[-1]
+
+
+def test_one_step_dub_without_a_video_is_a_message(served):
+    from gradio_client import handle_file
+
+    demo, _, speech = served
+    client = _client(demo)
+    with pytest.raises(Exception, match="No video given"):
+        client.predict(None, handle_file(str(speech)), api_name="/dub_video")
+    with pytest.raises(Exception, match="No speech given"):
+        client.predict(handle_file(str(speech)), None, api_name="/dub_video")
+
+
+@pytest.mark.slow
+def test_one_step_dub_over_the_api(served, shared, tmp_path, monkeypatch):
+    import subprocess
+
+    from gradio_client import handle_file
+
+    from studio import media
+
+    demo, _, speech = served
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(shared / "weights"))
+    video = tmp_path / "young_man_3s.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(shared / "media" / "video" /
+                    "young_man_outdoors.mp4"), "-t", "3", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt",
+                    "yuv420p", "-c:a", "aac", str(video)], check=True, capture_output=True)
+    client = _client(demo)
+    dubbed, status, subject, _ = client.predict(handle_file(str(video)), handle_file(str(speech)),
+                                                api_name="/dub_video")
+    stats = video_stats(Path(_path(dubbed)))
+    assert abs(stats["frames"] - round(3.0 * stats["fps"])) <= 1 and stats["has_audio"]
+    assert "built the video's subject" in status
+    # the new subject is picked in the Subject dropdown (an update: choices and value)
+    assert ["young_man_3s (one step)", subject["value"]] in subject["choices"]
+    assert Path(subject["value"]).is_dir()
+    again = client.predict(handle_file(str(video)), handle_file(str(speech)), api_name="/dub_video")
+    assert "reused the cached subject" in again[1]
 
 
 def _read_image(value):

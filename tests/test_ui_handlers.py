@@ -301,6 +301,129 @@ def test_cancel_stops_a_render_and_leaves_no_file(env, h, predicted):
     assert Path(h.render_range(state, 0, 5, "retrieval", 50, 150)).is_file()
 
 
+# -- one step: any video + speech ------------------------------------------------------------------
+
+SAMPLE_SPEECH = Path(__file__).resolve().parent.parent / "sample_media" / "speech.wav"
+
+
+@pytest.fixture(scope="module")
+def one_step(env, h, shared, tmp_path_factory):
+    """The first one-step dub of 3 s of real footage, with the subject cache in a tmp folder (kept
+    for the module, so that later dubs of the same video find the cached subject)."""
+    import subprocess
+
+    from studio import media
+    from studio.ui.session import DubState
+
+    root = tmp_path_factory.mktemp("one_step")
+    video = root / "young_man_3s.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(shared / "media" / "video" /
+                    "young_man_outdoors.mp4"), "-t", "3", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt",
+                    "yuv420p", "-c:a", "aac", str(video)], check=True, capture_output=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDIO_CACHE_DIR", str(root / "cache"))
+    mp.setenv("STUDIO_WEIGHTS_DIR", str(shared / "weights"))
+    stages = []
+    state = DubState.new()
+    out = h.dub_video(state, str(video), str(SAMPLE_SPEECH), progress=lambda f, desc=None: stages.append((f, desc)))
+    yield {"video": video, "cache": root / "cache", "state": state, "out": out, "stages": stages}
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_one_step_dub_writes_the_dub_into_the_session_folder(env, h, one_step):
+    from studio.media import read_audio
+
+    new_state, video, status, dropdown, speech = one_step["out"]
+    stats = video_stats(Path(video))
+    seconds = len(read_audio(SAMPLE_SPEECH)) / 16000
+    assert stats["frames"] == round(seconds * stats["fps"]) and stats["has_audio"]
+    assert stats["width"] == stats["height"] == 480
+    assert Path(video).parent == one_step["state"].folder() and new_state.outputs[-1] == video
+    # progress by stage: the subject's build, then predict, then render, never going back
+    descs = [d for _, d in one_step["stages"]]
+    assert descs[0].startswith("subject: ") and "predict landmarks" in descs and descs[-1].startswith("render: ")
+    fracs = [f for f, _ in one_step["stages"]]
+    assert fracs == sorted(fracs) and 0 <= fracs[0] and fracs[-1] <= 1.0
+    assert "young_man_3s.mp4" in status and "built the video's subject" in status
+    assert re.search(r"in \d+\.\d s", status)
+    assert speech == str(SAMPLE_SPEECH)
+    assert any(p.is_dir() for p in (one_step["cache"] / "subjects").iterdir())
+
+
+@pytest.mark.slow
+def test_one_step_subject_can_be_edited_in_this_session_only(env, h, one_step):
+    new_state, _, _, dropdown, _ = one_step["out"]
+    folder = dropdown["value"]
+    assert tuple(dropdown["choices"][-1]) == ("young_man_3s (one step)", folder)
+    assert env["subject"] in [p for _, p in dropdown["choices"]]  # the other subjects stay
+    clips, variants, renderer, text = h.subject_info(folder, new_state)
+    assert clips["value"] and variants["value"] == "ours" and "young_man_3s" in text
+    state = h.predict(new_state, folder, env["speech"], clips["value"], None, "ours")[0]
+    assert state.frames == round(3.0 * state.prediction.fps)
+    assert h.refresh_subjects(folder, new_state)["value"] == folder
+    # another session does not see it
+    from studio.ui.session import DubState
+
+    with pytest.raises(gr.Error, match="not one of the studio's subjects"):
+        h.predict(DubState.new(), folder, env["speech"], None, None, "ours")
+    with pytest.raises(gr.Error, match="not one of the studio's subjects"):
+        h.subject_info(folder)
+
+
+@pytest.mark.slow
+def test_one_step_second_dub_of_the_same_video_reuses_the_subject(env, h, one_step, monkeypatch):
+    from studio import subject as subject_module
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cached subject was rebuilt")
+
+    monkeypatch.setattr(subject_module, "make_subject", no_build)
+    stages = []
+    state, video, status, dropdown, _ = h.dub_video(one_step["out"][0], str(one_step["video"]), env["speech"],
+                                                    progress=lambda f, desc=None: stages.append(desc))
+    assert "reused the cached subject" in status and "second dub of the same video" in status
+    assert not any(d.startswith("subject: ") for d in stages)
+    assert video_stats(Path(video))["frames"] == round(3.0 * video_stats(Path(video))["fps"])
+    assert [e[1] for e in state.one_step_subjects] == [dropdown["value"]]  # listed once
+
+
+@pytest.mark.slow
+def test_one_step_dub_of_silent_footage_shows_the_notice(env, h, one_step, tmp_path, monkeypatch):
+    import subprocess
+
+    from studio import media
+    from studio.ui.session import DubState
+
+    silent = tmp_path / "silent.mp4"
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-y", "-i", str(one_step["video"]), "-c:v", "copy", "-an",
+                    str(silent)], check=True, capture_output=True)
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    state, video, status, _, _ = h.dub_video(DubState.new(), str(silent), env["speech"])
+    assert video_stats(Path(video))["has_audio"]
+    assert "**Note:**" in status and "no audible sound" in status and "prior alone" in status
+
+
+def test_one_step_dub_missing_or_wrong_inputs_are_messages(env, h, tmp_path):
+    from studio.ui.session import DubState
+
+    st = DubState.new()
+    with pytest.raises(gr.Error, match="No video given.*Upload a video"):
+        h.dub_video(st, None, env["speech"])
+    with pytest.raises(gr.Error, match="No speech given.*Upload or record"):
+        h.dub_video(st, str(tmp_path / "any.mp4"), None)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(gr.Error, match="not an audio file"):
+        h.dub_video(st, str(tmp_path / "any.mp4"), str(notes))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(gr.Error) as info:
+        h.dub_video(st, str(broken), env["speech"])
+    assert "Traceback" not in str(info.value) and "Something went wrong" not in str(info.value)
+    assert not list(st.folder().glob("one-step-*"))
+
+
 # -- Subject tab -----------------------------------------------------------------------------------
 
 def test_build_subject_input_errors(env, h, tmp_path):

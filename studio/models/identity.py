@@ -20,9 +20,15 @@ person's offset is put back: talk = prediction + L(pose) delta_p. The offset of 
 measured on their footage alone (any number of frames with a face), which is what makes the
 prior usable on a person it never saw, with no training.
 
-Stored in a checkpoint folder as ``identity.npz`` (``frontal_offset`` (58,), allow_pickle=False);
-a checkpoint without one predicts in its training person's own coordinates (person-specific
-training), as before.
+The same file carries the recording's timing: ``audio_shift`` (video frames), how far the speech
+features are moved before the network hears them, chosen on the person's own footage
+(``studio.train.prior.estimate_audio_shift``). Recordings differ in audio-video offset (capture
+and encoding delays) and people in how far their mouth leads their voice; a shared model cannot
+know either.
+
+Stored in a checkpoint folder as ``identity.npz`` (``frontal_offset`` (58,), ``audio_shift`` (),
+allow_pickle=False); a checkpoint without one predicts in its training person's own coordinates
+(person-specific training), as before.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from studio.errors import CheckpointError, InputError
 from studio.face import frontal, layout
 
 IDENTITY_NAME = "identity.npz"
+MAX_SHIFT = 12  # video frames (~0.4-0.5 s): beyond this the "speech" is not this video's
 
 
 @lru_cache(maxsize=1)
@@ -69,11 +76,25 @@ def measure(talks, poses, valids=None) -> np.ndarray:
     return (np.concatenate(fronts).astype(np.float64).mean(axis=0) - reference()).astype(np.float32)
 
 
+def shift_audio(audio: np.ndarray, frames: int) -> np.ndarray:
+    """(4T, 26) features -> the same moved by ``frames`` video frames: out[i] = audio[i + 4 frames]
+    (ends held). frames > 0: the network hears each moment earlier, so its mouth moves earlier."""
+    from studio.audio import FEATURES_PER_VIDEO_FRAME as APF
+
+    audio = np.asarray(audio, np.float32)
+    if frames == 0 or len(audio) == 0:
+        return audio
+    idx = np.clip(np.arange(len(audio)) + APF * int(frames), 0, len(audio) - 1)
+    return audio[idx]
+
+
 @dataclass(frozen=True, eq=False)
 class IdentityOffset:
-    """delta (58,): the person's mean frontal talking points minus :func:`reference`."""
+    """delta (58,): the person's mean frontal talking points minus :func:`reference`;
+    audio_shift: video frames (:func:`shift_audio`) for this person's recordings."""
 
     delta: np.ndarray
+    audio_shift: int = 0
 
     @classmethod
     def zero(cls) -> "IdentityOffset":
@@ -92,7 +113,7 @@ class IdentityOffset:
 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, frontal_offset=self.delta.astype(np.float32))
+                np.savez(fh, frontal_offset=self.delta.astype(np.float32), audio_shift=np.int64(self.audio_shift))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "IdentityOffset":
@@ -100,8 +121,9 @@ class IdentityOffset:
         try:
             with np.load(path, allow_pickle=False) as z:
                 delta = np.asarray(z["frontal_offset"], np.float32)
+                shift = int(z["audio_shift"]) if "audio_shift" in z.files else 0
         except Exception as exc:
             raise CheckpointError(f"Identity file {path} is unreadable: {exc}.", hint) from None
-        if delta.shape != (layout.TALK_DIM,) or not np.isfinite(delta).all():
+        if delta.shape != (layout.TALK_DIM,) or not np.isfinite(delta).all() or abs(shift) > MAX_SHIFT:
             raise CheckpointError(f"{path} holds an invalid identity offset.", hint)
-        return cls(delta)
+        return cls(delta, shift)

@@ -257,6 +257,10 @@ class MappingModel:
         import torch
 
         audio, pose, cheek = _check_predict_inputs(audio, pose, cheek)
+        if self.identity is not None and self.identity.audio_shift:
+            from studio.models.identity import shift_audio
+
+            audio = shift_audio(audio, self.identity.audio_shift)
         audio, pose, cheek = self.conditioning(audio, pose, cheek, fps)
         n = self.norm
         a = (audio - n.audio_mean) / n.audio_std

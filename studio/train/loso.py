@@ -8,7 +8,8 @@ FIRST 70 % of the clip and dub the LAST 30 % of its own speech back onto that fi
 template), scored against the real landmarks of the last 30 % (``studio.train.evaluate.
 dubbing_pairs``: inner-lip opening r, best lag, amplitude). Methods:
 
-- ``prior``: the prior alone, with H's face-shape offset measured on the first 70 %;
+- ``prior_raw``: the prior alone, with H's face-shape offset measured on the first 70 %;
+- ``prior``: the same plus the recording's timing (``estimate_audio_shift``) on the first 70 %;
 - ``scratch``: the default cascade trained on the first 70 % only (windows shrunk to fit, as for
   fine-tuning; "n/a" when the footage is too short to hold out a validation part);
 - ``finetune``: the prior fine-tuned on the first 70 % (``studio.train.prior.fine_tune``);
@@ -33,8 +34,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-METHODS = ("prior", "scratch", "finetune", "finetune10", "template", "energy")
-LABELS = {"prior": "prior alone", "scratch": "from scratch (first 70 %)", "finetune": "prior + fine-tune (first 70 %)",
+METHODS = ("prior_raw", "prior", "scratch", "finetune", "finetune10", "template", "energy")
+LABELS = {"prior_raw": "prior alone, no timing", "prior": "prior alone (+ timing from the footage)", "scratch": "from scratch (first 70 %)", "finetune": "prior + fine-tune (first 70 %)",
           "finetune10": "prior + fine-tune (first 10 s)", "template": "no lip sync (template)",
           "energy": "speech energy (linear fit)"}
 SPLIT = 0.7
@@ -64,7 +65,9 @@ def evaluate_speaker(prior_dir: Path, clips, seed: int, work: Path) -> list[dict
         seconds = clip.meta.frames / clip.meta.fps
         pair = [(clip, (SPLIT, 1.0), clip, (0.0, SPLIT))]
         first = [clip_arrays(clip, (0.0, SPLIT))]
-        models: dict[str, Path | None] = {"prior": adapt_prior(prior_dir, first, work / name / "prior")}
+        models: dict[str, Path | None] = {
+            "prior_raw": adapt_prior(prior_dir, first, work / name / "prior_raw"),
+            "prior": fine_tune(first, work / name / "prior", prior=prior_dir, plan=None)}
         plan = scratch_plan([first[0].frames])
         models["scratch"] = None if plan is None else train_mapping(
             first, "ours", work / name / "scratch", "cpu", seed, **plan)
@@ -96,10 +99,12 @@ def evaluate_speaker(prior_dir: Path, clips, seed: int, work: Path) -> list[dict
 
 
 def run(out: Path, shared: Path, work: Path, seeds: Sequence[int], speakers: Sequence[str] | None = None,
-        synthetic: int = 6, keep: bool = False) -> "object":
+        synthetic: int | None = None, keep: bool = False) -> "object":
     import pandas as pd
 
-    from studio.train.prior import real_clips, speakers as all_speakers, train_prior
+    from studio.train.prior import SYNTHETIC_HEADS, real_clips, speakers as all_speakers, train_prior
+
+    synthetic = SYNTHETIC_HEADS if synthetic is None else synthetic
 
     out.mkdir(parents=True, exist_ok=True)
     speakers = list(speakers or all_speakers())
@@ -169,7 +174,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--speakers", default="", help="comma-separated speakers (default: all in sync)")
-    parser.add_argument("--synthetic", type=int, default=6)
+    parser.add_argument("--synthetic", type=int, default=None, help="synthetic heads (default: the shipped prior's)")
 
 
 def cli(args: argparse.Namespace) -> int:

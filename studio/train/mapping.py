@@ -119,10 +119,22 @@ class TrainConfig:
     # Fit an articulation gain on the validation windows after training (rigid conditioning only;
     # studio.models.conditioning.ArticulationGain).
     calibrate: bool = True
+    # Voice augmentation (multi-speaker training): each training window's 26 filterbank channels
+    # are resampled along frequency by a factor drawn in [1 - audio_warp, 1 + audio_warp] (vocal
+    # tract length perturbation: other voices' formants sit higher or lower), and
+    # ``freq_masks`` bands of up to 3 channels are zeroed (SpecAugment). 0 = off.
+    audio_warp: float = 0.0
+    freq_masks: int = 0
+    # The validation measure that early stopping (and fine-tuning's comparison with its base)
+    # follows: "all" = L_all; "open" = L_open alone, the articulation (fine-tuning on a few
+    # seconds can lower L_all by fitting the face's static shape while the articulation worsens).
+    select_on: str = "all"
 
     def __post_init__(self) -> None:
         if self.window < 2 or self.stride < 1 or self.batch_size < 1 or self.max_epochs < 1:
             raise ValueError("window >= 2, stride >= 1, batch_size >= 1, max_epochs >= 1")
+        if self.select_on not in ("all", "open"):
+            raise ValueError(f"select_on must be 'all' or 'open', got {self.select_on!r}")
 
     @property
     def gap_frames(self) -> int:
@@ -311,6 +323,33 @@ def swap_candidates(index: np.ndarray, poses: Sequence[np.ndarray], window: int,
     return out
 
 
+def warp_channels(audio: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """(N, F, C) features, (N,) warp factors -> the same with channel c read at c * factor
+    (linear interpolation, ends held): a factor > 1 moves the spectrum down, < 1 up."""
+    n, _, c = audio.shape
+    out = np.empty_like(audio)
+    grid = np.arange(c, dtype=np.float64)
+    for i in range(n):
+        src = np.clip(grid * factors[i], 0, c - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, c - 1)
+        w = (src - lo).astype(audio.dtype)
+        out[i] = audio[i][:, lo] * (1 - w) + audio[i][:, hi] * w
+    return out
+
+
+def augment_audio(audio: np.ndarray, tc: "TrainConfig", rng: np.random.Generator) -> np.ndarray:
+    """Voice augmentation of a batch of standardized feature windows (N, F, 26); see TrainConfig."""
+    if tc.audio_warp > 0:
+        audio = warp_channels(audio, rng.uniform(1 - tc.audio_warp, 1 + tc.audio_warp, len(audio)))
+    for _ in range(tc.freq_masks):
+        width = rng.integers(1, 4, len(audio))
+        start = rng.integers(0, audio.shape[-1] - 3, len(audio))
+        for i in range(len(audio)):
+            audio[i, :, start[i]:start[i] + width[i]] = 0.0
+    return audio
+
+
 def make_batch(data: PreparedData, index: np.ndarray, window: int, cond_index: np.ndarray | None = None) -> dict:
     """Windows ``index`` (N, 2) as tensors; with ``cond_index`` (N, 2) the pose and cheek come from
     those windows instead and the targets are re-drawn in their head pose (``studio.face.frontal``)."""
@@ -452,7 +491,8 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
                   preset: str | os.PathLike[str] | dict = "cpu", seed: int = 0, *,
                   span: tuple[float, float] = (0.0, 1.0), resume: bool = True, progress: bool = False,
                   callback: Callable[[dict], None] | None = None, persons: Sequence[str] | None = None,
-                  base: str | os.PathLike[str] | None = None, **train_overrides: Any) -> Path:
+                  base: str | os.PathLike[str] | None = None, audio_shift: int = 0,
+                  **train_overrides: Any) -> Path:
     """Train ``variant`` on ``clips`` (one subject) and write a checkpoint folder; returns it.
 
     clips: Clip objects (their ``span`` of time is used) or ready ClipArrays blocks.
@@ -467,7 +507,9 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     targets (the multi-speaker prior); with ``base`` (a canonical checkpoint, e.g. the prior)
     training starts from its weights and keeps its PCA, statistics, cheek regression and
     articulation gain (fine-tuning), and the base itself is epoch 0 of early stopping: the result
-    is never worse than the base on the validation windows. Both write ``identity.npz``.
+    is never worse than the base on the validation windows. Both write ``identity.npz``;
+    ``audio_shift`` (fine-tuning: the person's timing, ``studio.models.identity.shift_audio``) is
+    applied to the clips' audio before training and stored there for inference.
     """
     import torch
 
@@ -486,6 +528,10 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         if getattr(st.model, "conditioning", "paper") != "rigid":
             raise InputError("Multi-person training needs the rigid conditioning.", "Train the 'ours' variant.")
         blocks, offsets = to_canonical(blocks, persons)
+        if audio_shift:
+            from studio.models.identity import shift_audio
+
+            blocks = [dataclasses.replace(b, audio=shift_audio(b.audio, audio_shift)) for b in blocks]
     fp = _fingerprint(variant, st, seed, blocks)
     if prior is not None:
         fp = hashlib.sha256((fp + str(prior.config.get("fingerprint"))).encode()).hexdigest()[:16]
@@ -524,7 +570,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         if prior is not None and len(data.val_index):  # epoch 0: the base as it is
             mouth_only = bool(net.mouth_only)
             base_val = evaluate_windows(net, data, data.val_index, lc, tc, _pca_tensors(data),
-                                        layout.TALK_MOUTH if mouth_only else slice(None))["all"]
+                                        layout.TALK_MOUTH if mouth_only else slice(None))[_select_key(tc, lc)]
             info.update(best_val=base_val, base_val=base_val)
     else:
         log.info("resuming %s from epoch %d", out, info["state_epoch"])
@@ -561,6 +607,8 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             for i in range(0, len(order), tc.batch_size):
                 sub = order[i:i + tc.batch_size]
                 batch = make_batch(data, sub, tc.window, cond_order[i:i + tc.batch_size])
+                if tc.audio_warp > 0 or tc.freq_masks > 0:
+                    batch["audio"] = torch.from_numpy(augment_audio(batch["audio"].numpy().copy(), tc, rng))
                 coef, talk = forward_physical(net, batch, pca_t)
                 loss = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)["all"]
                 opt.zero_grad(set_to_none=True)
@@ -571,7 +619,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
                 tr_sum += loss.item() * len(sub)
                 tr_n += len(sub)
             val = evaluate_windows(net, data, data.val_index, lc, tc, pca_t, dims) if len(data.val_index) else {}
-            val_loss = val.get("all", tr_sum / tr_n)
+            val_loss = val.get(_select_key(tc, lc), tr_sum / tr_n)
             best = info["best_val"]
             improved = best is None or val_loss < best * (1.0 - tc.min_delta)
             if improved:
@@ -607,7 +655,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
         gain.save(out / cond.CALIBRATION_NAME)
         info["gain"] = gain.gain
     if canonical:
-        write_identity(out, blocks, offsets, data.pca)
+        write_identity(out, blocks, offsets, data.pca, audio_shift)
     _write_log(out, info["history"])
     config = {
         "format": ck.FORMAT, "version": ck.VERSION, "variant": variant, "seed": seed,
@@ -624,12 +672,19 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     }
     if canonical:
         config["identity"] = {"persons": sorted(offsets), "base": None if base is None else str(base),
-                              "base_fingerprint": None if prior is None else prior.config.get("fingerprint")}
+                              "base_fingerprint": None if prior is None else prior.config.get("fingerprint"),
+                              "audio_shift": int(audio_shift)}
     write_json_atomic(out / ck.CONFIG_NAME, config)
     shutil.rmtree(state_dir, ignore_errors=True)
     log.info("%s: best epoch %d of %d, val loss %.4g, %.1f s", out, info["best_epoch"], info["state_epoch"],
              info["best_val"], info["elapsed"])
     return out
+
+
+def _select_key(tc: TrainConfig, lc: LossConfig) -> str:
+    if tc.select_on == "open" and lc.lambda_open <= 0:
+        raise InputError("select_on = 'open' needs lambda_open > 0.", "Set mapping_loss.lambda_open or select on 'all'.")
+    return tc.select_on
 
 
 def _pca_tensors(data: PreparedData) -> tuple:
@@ -675,7 +730,8 @@ def to_canonical(blocks: Sequence[ClipArrays], persons: Sequence[str] | None) ->
     return out, offsets
 
 
-def write_identity(out: Path, blocks: Sequence[ClipArrays], offsets: dict[str, np.ndarray], pca: MouthPCA) -> None:
+def write_identity(out: Path, blocks: Sequence[ClipArrays], offsets: dict[str, np.ndarray], pca: MouthPCA,
+                   audio_shift: int = 0) -> None:
     """identity.npz (the one person's offset; zero for a multi-person model) and, for one person,
     the mouth PCA moved onto their mouth (same basis; its mean shifted by their average offset,
     as seen in their poses), so that coefficients and sliders work in the person's coordinates."""
@@ -685,7 +741,7 @@ def write_identity(out: Path, blocks: Sequence[ClipArrays], offsets: dict[str, n
         IdentityOffset.zero().save(out / ck.IDENTITY_NAME)
         return
     delta = next(iter(offsets.values()))
-    IdentityOffset(delta).save(out / ck.IDENTITY_NAME)
+    IdentityOffset(delta, int(audio_shift)).save(out / ck.IDENTITY_NAME)
     shift = np.concatenate([posed(delta, cond.smooth_pose(b.pose, b.fps))[b.valid] for b in blocks])
     mean = (pca.mean + shift[:, layout.TALK_MOUTH].mean(axis=0)).astype(np.float32)
     dataclasses.replace(pca, mean=mean).save(out)

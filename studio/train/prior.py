@@ -1,12 +1,13 @@
 """The multi-speaker prior and fine-tuning a new person from it.
 
-``python -m studio train-prior --out presets/prior [--exclude obama] [--seed 0] [--synthetic 6]``
+``python -m studio train-prior --out presets/prior [--exclude obama] [--seed 0] [--synthetic N]``
 
 The prior is the default cascade (``ours``: rigid conditioning, utterance audio normalization,
 the cpu preset's loss) trained on every real speaker in ../shared whose audio is in sync with
-their video, plus synthetic heads (``studio.data.synth``) with varied face shapes, in canonical
-coordinates (``studio.models.identity``): each person's face-shape offset is taken out of their
-targets, so the network learns articulation, not faces. It ships in ``presets/prior`` (~0.5 MB:
+their video (optionally plus synthetic heads with varied face shapes, ``--synthetic``; measured
+to hurt, see ``SYNTHETIC_HEADS``), in canonical coordinates (``studio.models.identity``): each
+person's face-shape offset is taken out of their targets, so the network learns articulation,
+not faces; voices are augmented (``PRIOR_TRAIN``). It ships in ``presets/prior`` (~0.5 MB:
 safetensors + JSON + small npz files) and works as-is for a person it never saw: their offset
 is measured on the footage being dubbed.
 
@@ -14,9 +15,11 @@ Fine-tuning (:func:`fine_tune`, used by ``make-subject``): a subject's ``ours`` 
 from the prior, keeps its statistics and PCA, and trains on the person's footage with early
 stopping whose epoch 0 is the prior itself, so the result is never worse than the prior on the
 held-out end of the footage. How much it trains depends on how much footage there is
-(:func:`finetune_plan`): windows shrink to fit short clips, and below about 6 s there is no
+(:func:`finetune_plan`): windows shrink to fit short clips, and below about 4 s there is no
 held-out part worth the name, so the subject is the prior with the person's offset
-(:func:`adapt_prior`).
+(:func:`adapt_prior`). Either way the recording's timing is measured first on the footage's own
+speech (:func:`estimate_audio_shift`): on Obama with the prior trained without him it moved the
+prior's inner-lip r from 0.38 to 0.47.
 
 Speakers (``SPEAKERS``): Obama (4 clips, ~100 s), Katie Hill, Alexandria Ocasio-Cortez and a
 young man outdoors (7-8 s each, their own audio tracks). Left out (``EXCLUDED``): andrew_clip_1/2
@@ -81,7 +84,14 @@ SYNTH_SPEECH = ("speech/english_60s_16k.wav", "speech/abstract_reading.mp3", "sp
 SYNTH_SECONDS = 30.0
 # TrainConfig overrides: the real clips of most speakers are 7-8 s, so validation takes their last
 # quarter in 32-frame windows, and training stops 16 frames before it (not a whole window).
-PRIOR_TRAIN = {"val_fraction": 0.25, "val_window": 32, "val_stride": 16, "gap": 16}
+# Voice augmentation (TrainConfig.audio_warp, freq_masks) for voices the prior never heard.
+PRIOR_TRAIN = {"val_fraction": 0.25, "val_window": 32, "val_stride": 16, "gap": 16,
+               "audio_warp": 0.1, "freq_masks": 2}
+# Synthetic heads: measured on Obama left out (docs/results/prior.md), prior alone / fine-tuned
+# inner r 0.376 / 0.422 with none, 0.343 / 0.416 with 2, 0.224 / 0.326 with 6: their rule-made
+# articulation pulls the prior away from real mouths, and the face-shape variety they would add
+# is what the identity offsets already remove. So the shipped prior uses none.
+SYNTHETIC_HEADS = 0
 
 
 def prior_fingerprint(prior: str | os.PathLike[str] = PRIOR_DIR) -> str:
@@ -133,7 +143,7 @@ def synthetic_clips(shared: Path, work: Path, n: int, seconds: float = SYNTH_SEC
 
 
 def train_prior(out: str | os.PathLike[str], *, shared: str | os.PathLike[str], work: str | os.PathLike[str],
-                exclude: Sequence[str] = (), synthetic: int = 6, seed: int = 0, preset: str = "cpu",
+                exclude: Sequence[str] = (), synthetic: int = SYNTHETIC_HEADS, seed: int = 0, preset: str = "cpu",
                 with_test: bool = False, **train_overrides) -> Path:
     """Train the prior on the real speakers (minus ``exclude``; the test clip obama_clip3 only
     ``with_test``) and ``synthetic`` heads."""
@@ -175,9 +185,11 @@ def finetune_plan(block_frames: Sequence[int]) -> dict | None:
 
 def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[str] = PRIOR_DIR,
               seed: int = 0, span: tuple[float, float] = (0.0, 1.0), plan: dict | None | str = "auto",
-              preset: str = "cpu") -> Path:
+              preset: str = "cpu", timing: bool = True) -> Path:
     """A subject's ``ours`` mapping from the prior: fine-tuned when the footage allows, else the
-    prior with the person's offset. ``clips``: Clip objects or ClipArrays of one person."""
+    prior with the person's offset; with ``timing`` the recording's audio shift is estimated
+    first (:func:`estimate_audio_shift`). ``clips``: Clip objects or ClipArrays of one person
+    (their own speech)."""
     from studio.train.mapping import train_mapping
     from studio.train.windows import ClipArrays, clip_arrays
 
@@ -186,15 +198,51 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
         raise InputError("No footage to build the mapping from.", "Give at least one video of the person.")
     if plan == "auto":
         plan = finetune_plan([b.frames for b in blocks])
+    shift = estimate_audio_shift(prior, blocks) if timing else 0
     if plan is None:
-        log.info("footage too short to fine-tune (%d frames): using the prior with this person's face shape",
+        log.info("no fine-tuning (%d frames of footage): the prior with this person's face shape and timing",
                  sum(b.frames for b in blocks))
-        return adapt_prior(prior, blocks, out)
-    return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, **plan)
+        return adapt_prior(prior, blocks, out, audio_shift=shift)
+    return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, audio_shift=shift, **plan)
 
 
-def adapt_prior(prior: str | os.PathLike[str], blocks, out: str | os.PathLike[str]) -> Path:
-    """A checkpoint folder that is the prior, predicting for the person of ``blocks``."""
+MAX_SHIFT = 8  # video frames searched each way by estimate_audio_shift
+MIN_SHIFT_GAIN = 0.03  # r a shift must gain over none to be used
+
+
+def estimate_audio_shift(prior: str | os.PathLike[str], blocks, max_shift: int = MAX_SHIFT) -> int:
+    """The recording's timing for the prior: the shift (video frames, ``identity.shift_audio``)
+    of the footage's own speech that best aligns the prior's predicted inner-lip opening with the
+    footage's real one (frame-weighted r over the blocks; 0 unless it gains ``MIN_SHIFT_GAIN``).
+    Uses the footage only -- never the speech being dubbed."""
+    from studio.models.identity import shift_audio
+    from studio.train import checkpoint as ck
+    from studio.train.mapping import opening_features
+    from studio.metrics import pearson
+
+    model = ck.MappingModel.load(prior)
+    usable = [b for b in blocks if int(b.valid.sum()) >= 25 and float(np.abs(b.audio).sum()) > 0]
+    if not usable:
+        return 0
+    scores = {}
+    for s in range(-max_shift, max_shift + 1):
+        total, weight = 0.0, 0
+        for b in usable:
+            pred = model.predict(shift_audio(b.audio, s), b.pose, b.cheek, fps=b.fps)
+            o_pred = opening_features(pred)[:, :3].mean(axis=1)[b.valid]
+            o_true = opening_features(b.talk)[:, :3].mean(axis=1)[b.valid]
+            n = int(b.valid.sum())
+            total += pearson(o_pred, o_true) * n
+            weight += n
+        scores[s] = total / weight
+    best = max(scores, key=lambda k: (scores[k], -abs(k)))
+    log.info("timing: best audio shift %+d frames (r %.3f, unshifted %.3f)", best, scores[best], scores[0])
+    return best if scores[best] - scores[0] >= MIN_SHIFT_GAIN else 0
+
+
+def adapt_prior(prior: str | os.PathLike[str], blocks, out: str | os.PathLike[str], audio_shift: int = 0) -> Path:
+    """A checkpoint folder that is the prior, predicting for the person of ``blocks`` (with the
+    recording's ``audio_shift``, see :func:`estimate_audio_shift`)."""
     from studio.models import conditioning as cond
     from studio.train import checkpoint as ck
     from studio.train.mapping import _load_base, to_canonical, write_identity
@@ -202,7 +250,7 @@ def adapt_prior(prior: str | os.PathLike[str], blocks, out: str | os.PathLike[st
     base = _load_base(prior, VARIANT)
     out = Path(out)
     canon, offsets = to_canonical(blocks, None)
-    fingerprint = _adapt_fingerprint(base, offsets)
+    fingerprint = _adapt_fingerprint(base, offsets, audio_shift)
     try:
         done = json.loads((out / ck.CONFIG_NAME).read_text())
     except (OSError, ValueError):
@@ -216,21 +264,22 @@ def adapt_prior(prior: str | os.PathLike[str], blocks, out: str | os.PathLike[st
         if (src / name).exists():
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(src / name, tmp)
-    write_identity(out, canon, offsets, base.pca)
+    write_identity(out, canon, offsets, base.pca, audio_shift)
     config = {**base.config, "fingerprint": fingerprint,
               "data": {"clips": [b.name for b in blocks], "fps": float(np.median([b.fps for b in blocks])),
                        "train_frames": 0, "val_frames": 0, "frames": int(sum(b.frames for b in blocks))},
               "result": {"epochs": 0, "best_epoch": 0, "stopped": "prior_only",
                          "articulation_gain": base.gain.gain if base.gain is not None else 1.0},
-              "identity": {"persons": [""], "base": str(prior), "base_fingerprint": base.config.get("fingerprint")}}
+              "identity": {"persons": [""], "base": str(prior), "base_fingerprint": base.config.get("fingerprint"),
+                           "audio_shift": int(audio_shift)}}
     write_json_atomic(out / ck.CONFIG_NAME, config)
     return out
 
 
-def _adapt_fingerprint(base, offsets: dict) -> str:
+def _adapt_fingerprint(base, offsets: dict, audio_shift: int) -> str:
     import hashlib
 
-    h = hashlib.sha256(str(base.config.get("fingerprint")).encode())
+    h = hashlib.sha256(f"{base.config.get('fingerprint')}/{audio_shift}".encode())
     for delta in offsets.values():
         h.update(np.ascontiguousarray(delta, np.float32).tobytes())
     return "prior-" + h.hexdigest()[:16]
@@ -245,7 +294,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the shared media folder (default: ../shared)")
     parser.add_argument("--work", default=None, help="cache for preprocessed and synthetic clips (default: ~/.cache/lip-sync-studio/prior_data)")
     parser.add_argument("--exclude", default="", help="comma-separated speakers to leave out (e.g. obama)")
-    parser.add_argument("--synthetic", type=int, default=6, help="number of synthetic heads")
+    parser.add_argument("--synthetic", type=int, default=SYNTHETIC_HEADS,
+                        help="synthetic heads with varied face shapes to add (default %(default)s; see SYNTHETIC_HEADS)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, default=None)
 

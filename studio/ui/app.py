@@ -5,9 +5,9 @@ serves it offline-safe: analytics off, system fonts only (no font or script from
 no share link, monitoring/MCP/SSR off, and the web server may serve files only from the work
 folder (sessions' outputs) besides its own upload cache.
 
-Queue: heavy events (predict, preview, render, compare) share one concurrency group of
-``STUDIO_HEAVY_JOBS`` (default 1) workers; training jobs (make-subject, ablation) another of 1;
-light events (sliders, frame changes) run alongside them.
+Queue: heavy events (predict, preview, render, compare, the one-step dub) share one concurrency
+group of ``STUDIO_HEAVY_JOBS`` (default 1) workers; training jobs (make-subject, ablation) another
+of 1; light events (sliders, frame changes) run alongside them.
 """
 
 from __future__ import annotations
@@ -60,6 +60,24 @@ def build():
         with gr.Tabs():
             # ---------------------------------------------------------------- Dub
             with gr.Tab("Dub", id="dub"):
+                with gr.Accordion("One step: any video + speech", open=True, elem_id="one_step"):
+                    gr.Markdown("Dub a video of anyone talking, without building a subject first. The first dub "
+                                "of a video builds its subject (the multi-speaker prior, fine-tuned on the video's "
+                                "own speech: seconds to minutes on a CPU, by the video's length); it is cached, so "
+                                "later dubs of the same video start at once. Then the subject is picked below, for "
+                                "edits.")
+                    with gr.Row():
+                        one_video = gr.Video(label="Video of one person talking", sources=["upload"], height=240,
+                                             elem_id="one_step_video")
+                        one_speech = gr.Audio(value=speeches[0] if speeches else None,
+                                              sources=["upload", "microphone"], type="filepath",
+                                              label="Speech to dub it with (wav, mp3, m4a)", elem_id="one_step_speech")
+                        one_result = gr.Video(label="Dubbed video", height=240, interactive=False,
+                                              elem_id="one_step_result")
+                    with gr.Row():
+                        one_btn = gr.Button("Dub this video", variant="primary", elem_id="dub_video", scale=3)
+                        one_cancel = gr.Button("Cancel", variant="stop", elem_id="one_step_cancel", scale=1)
+                    one_status = gr.Markdown(elem_id="one_step_status")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         subject = gr.Dropdown(subjects, value=first, label="Subject", elem_id="subject",
@@ -201,8 +219,12 @@ def build():
 
         # ---------------------------------------------------------------- wiring
         subject_outputs = [template_clip, variant, renderer, subject_md]
-        demo.load(h.subject_info, [subject], subject_outputs, api_name="init", show_progress="hidden")
-        subject.input(h.subject_info, [subject], subject_outputs, api_name="subject_info")
+        demo.load(h.subject_info, [subject, state], subject_outputs, api_name="init", show_progress="hidden")
+        subject.input(h.subject_info, [subject, state], subject_outputs, api_name="subject_info")
+        one_evt = one_btn.click(h.dub_video, [state, one_video, one_speech],
+                                [state, one_result, one_status, subject, speech], api_name="dub_video", **heavy)
+        one_evt.success(h.subject_info, [subject, state], subject_outputs, api_name="one_step_subject_info")
+        one_cancel.click(h.cancel, [state], None, cancels=[one_evt], api_name="cancel_dub_video")
         predict_btn.click(h.predict, [state, subject, speech, template_clip, template_upload, variant],
                           [state, frame, overlay, timeline_plot, summary], api_name="predict", **heavy).then(
             h.frame_range_limits, [state], [range_start, range_end], api_name="frame_range_limits")

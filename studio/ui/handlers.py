@@ -128,16 +128,21 @@ _faces = _LRU(256)  # (template sha, template frame) -> (DISPLAY, DISPLAY, 3) zo
 
 # -- subjects ---------------------------------------------------------------------------------------
 
-def subject_choices() -> list[tuple[str, str]]:
-    return [(e.label, e.path) for e in discover_subjects()]
+def subject_choices(state: DubState | None = None) -> list[tuple[str, str]]:
+    """The subject dropdown's (label, folder) pairs: the bundled and the user's subjects, then the
+    ones this session's one-step dubs built."""
+    choices = [(e.label, e.path) for e in discover_subjects()]
+    known = {p for _, p in choices}
+    own = state.one_step_subjects if state is not None else ()
+    return choices + [(label, path) for label, path in own if path not in known]
 
 
-def check_subject(subject_dir: str | None) -> str:
-    """A subject folder the studio knows (bundled or the user's), else InputError: the API cannot
-    be used to load arbitrary folders."""
+def check_subject(subject_dir: str | None, state: DubState | None = None) -> str:
+    """A subject folder the studio knows (bundled, the user's, or one of this session's one-step
+    subjects), else InputError: the API cannot be used to load arbitrary folders."""
     if not subject_dir:
         raise InputError("No subject selected.", "Pick a subject (or build one in the Subject tab).")
-    known = {p for _, p in subject_choices()}
+    known = {p for _, p in subject_choices(state)}
     resolved = str(Path(subject_dir).resolve())
     if resolved not in known:
         raise InputError(f"{subject_dir!r} is not one of the studio's subjects.",
@@ -150,12 +155,12 @@ def _variant_choices(variants: Sequence[str]) -> list[tuple[str, str]]:
 
 
 @user_errors
-def subject_info(subject_dir: str | None):
+def subject_info(subject_dir: str | None, state: DubState | None = None):
     """Subject picked -> (template clip dropdown, variant dropdown, renderer radio, description)."""
     if not subject_dir:
         return (gr.update(choices=[], value=None), gr.update(choices=[], value=None),
                 gr.update(value="retrieval"), "No subject yet: build one in the **Subject** tab.")
-    subject = get_pipeline().subject(check_subject(subject_dir))
+    subject = get_pipeline().subject(check_subject(subject_dir, state))
     m = subject.manifest
     variants = _variant_choices(m.variants)
     variant = "ours" if "ours" in m.variants else (variants[0][1] if variants else None)
@@ -167,9 +172,9 @@ def subject_info(subject_dir: str | None):
             gr.update(choices=renderers, value="retrieval"), text)
 
 
-def refresh_subjects(current: str | None = None):
+def refresh_subjects(current: str | None = None, state: DubState | None = None):
     """Re-scan the subject folders -> updated dropdown (keeps the current choice if it still exists)."""
-    choices = subject_choices()
+    choices = subject_choices(state)
     paths = [p for _, p in choices]
     value = current if current in paths else (paths[0] if paths else None)
     return gr.update(choices=choices, value=value)
@@ -192,7 +197,7 @@ def _template_key(subject, template_clip: str | None, template_upload: str | Non
 def predict(state: DubState, subject_dir: str | None, speech: str | None, template_clip: str | None,
             template_upload: str | None, variant: str | None, progress=gr.Progress()):
     """Run the mapping network once -> (state, frame slider, overlay, timeline, summary)."""
-    subject_dir = check_subject(subject_dir)
+    subject_dir = check_subject(subject_dir, state)
     if not speech:
         raise InputError("No speech given.", "Upload or record the speech to dub (wav, mp3 or m4a).")
     _check_audio_name(speech)
@@ -526,6 +531,47 @@ def render_full(state: DubState, renderer: str, canny_low: float, canny_high: fl
     return state, str(out), str(out), csv
 
 
+@user_errors
+def dub_video(state: DubState, video: str | None, speech: str | None, progress=gr.Progress()):
+    """One step: a video of anyone + speech -> (state, dubbed mp4, status markdown, Subject
+    dropdown, Speech). The video's subject is built the first time (the multi-speaker prior,
+    fine-tuned on the video's own speech) and cached by the video's content; it is then offered
+    in this session's Subject dropdown, with the speech, so that the dub can be edited there."""
+    if not video:
+        raise InputError("No video given.", "Upload a video of one person talking towards the camera.")
+    if not speech:
+        raise InputError("No speech given.", "Upload or record the speech to dub the video with (wav, mp3 or m4a).")
+    _check_audio_name(speech)
+    state = state or DubState.new()
+    pipe = get_pipeline()
+    cancel = cancel_token(state.session_id)
+    cancel.clear()
+    out = _output_path(state, "one-step", ".mp4")
+    stages: list[tuple[float, str]] = []  # (seconds since the start, the pipeline's stage description)
+    t0 = time.perf_counter()
+
+    def report(frac: float, desc: str) -> None:
+        stages.append((time.perf_counter() - t0, desc))
+        progress(frac, desc=desc)
+
+    pipe.dub_video(video, speech, out, progress=report, cancel=cancel)
+    seconds = time.perf_counter() - t0
+    # cached by now: only looked up, for its notices and the dropdown
+    subject = pipe.subject_for_video(video)
+    built = any(d.startswith("subject: ") for _, d in stages)
+    build_seconds = next((t for t, d in stages if not d.startswith("subject: ")), seconds)
+    folder = str(subject.directory.resolve())
+    own = tuple(e for e in state.one_step_subjects if e[1] != folder) + ((f"{subject.name} (one step)", folder),)
+    state = state.replace(outputs=state.outputs + (str(out),), one_step_subjects=own)
+    how = (f"built the video's subject in {build_seconds:.1f} s (first dub of this video; it is cached, so the "
+           "next dub of this video starts at once)" if built else
+           "reused the cached subject (second dub of the same video): nothing was built or trained")
+    lines = [f"Dubbed **{Path(str(video)).name}** in {seconds:.1f} s: {how}."]
+    lines += [f"> **Note:** {n}" for n in subject.manifest.extras.get("notices", [])]
+    lines.append(f"To edit this dub, press **Predict** below: **{subject.name} (one step)** is now the subject.")
+    return (state, str(out), "\n\n".join(lines), gr.update(choices=subject_choices(state), value=folder), speech)
+
+
 def landmarks_csv(state: DubState) -> str:
     """Write the edited landmarks as CSV (one row per output frame) -> path."""
     from studio.pipeline import landmarks_table
@@ -604,7 +650,7 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
                          "Fix the problem above and press Build again (finished stages are kept).")
     p = jobs.subject_progress(out, len(videos), variants, bool(neural), max_epochs)
     yield (f"Subject **{name or folder}** is ready in `{out}`; pick it in the Dub tab.",
-           views.loss_figure(p.histories), _sample_image(p.sample), refresh_subjects(str(out.resolve())))
+           views.loss_figure(p.histories), _sample_image(p.sample), refresh_subjects(str(out.resolve()), state))
 
 
 def _sample_image(path: str | None) -> np.ndarray | None:

@@ -138,6 +138,8 @@ class DubState:
     prediction: the mapping network's output for (subject, speech, template, variant), kept so
         that edits re-run only :meth:`Pipeline.landmarks` (no network, no render).
     lms: the landmarks with ``edits`` applied (what the overlay and the render use).
+    one_step_subjects: (label, folder) of the subjects this session's one-step dubs built; they
+        live in the cache, not in the subject folders, so only this session's dropdown offers them.
     """
 
     session_id: str = ""
@@ -149,6 +151,7 @@ class DubState:
     edits: Edits = field(default_factory=Edits)
     lms: object | None = None
     outputs: tuple[str, ...] = ()
+    one_step_subjects: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def new(cls) -> "DubState":
