@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -217,3 +218,115 @@ def test_reconstruction_floor_real_footage(obama_clip):
     assert own["crop_psnr"] > 29.0 and own["crop_ssim"] > 0.92, own
     moved = evaluate_clip(obama_clip, size=256, frames=150, test_every=10, template_shift=15)
     assert moved["mouth_psnr"] > moved["template_mouth_psnr"] + 1.0, moved
+
+
+# -- short footage: predicted mouths wider than any the pool holds ---------------------------
+
+OFF = RetrievalConfig(min_pool_frames=10, fill_mouth=False)
+ON = RetrievalConfig(min_pool_frames=10, fill_mouth=True)
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _inner_region(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(M, 3) pixels of img strictly inside the inner-lip polygon of (68, 2) pts (2 px in)."""
+    m = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(pts[60:68]).astype(np.int32)], 1)
+    return img[cv2.erode(m, np.ones((5, 5), np.uint8)) > 0]
+
+
+@pytest.fixture(scope="module")
+def closed_pool():
+    """Footage that never opens: lips painted over the inner-lip slit, openings 0..0.1."""
+    crops, pts = [], []
+    for i in range(20):
+        p = face_points(128 + 3 * np.sin(i / 5), 118, 40, opening=0.1 * (i % 3) / 2)
+        img = face_image(p, seed=1)
+        cv2.fillPoly(img, [np.round(p[60:68] * 16).astype(np.int32)], (170, 60, 70), cv2.LINE_AA, 4)
+        crops.append(img)
+        pts.append(p)
+    return RetrievalPool.from_crops(crops, np.stack(pts), cfg=SMALL)
+
+
+def _render_wide(pool, cfg, opening):
+    """Render the closed-mouth template with a mouth predicted at ``opening`` -> image, points."""
+    tp = face_points(opening=0.0)
+    want = face_points(opening=opening)
+    talk = layout.talking_vector(want)
+    r = RetrievalRenderer(pool, cfg)
+    return r.render_frame(face_image(tp), tp, talk, int(r.pick(tp[None], talk[None])[0])).image, want
+
+
+def test_fill_strength_ramps_from_the_margin():
+    from studio.render.retrieval import fill_strength
+
+    cfg = RetrievalConfig(fill_margin=0.08, fill_ramp=0.1)
+    assert fill_strength(0.3, 0.3, cfg) == 0.0
+    assert fill_strength(0.37, 0.3, cfg) == 0.0
+    assert fill_strength(0.43, 0.3, cfg) == pytest.approx(0.5)
+    assert fill_strength(0.8, 0.05, cfg) == 1.0
+    with pytest.raises(ValueError):
+        RetrievalConfig(fill_ramp=0.0)
+
+
+def test_mouth_donor_is_the_most_open_frame(pool, closed_pool):
+    from studio.render.retrieval import mouth_donor, opening_ratio
+
+    donor = mouth_donor(pool)
+    assert donor is not None
+    assert opening_ratio(donor.points) == pytest.approx(opening_ratio(pool.points).max(), rel=1e-4)
+    assert donor.dark @ LUMA < 60  # the painted interior (30, 10, 15), not the lips
+    assert mouth_donor(closed_pool) is None
+
+
+def test_closed_footage_wide_prediction_gets_a_dark_mouth(closed_pool):
+    """No open mouth in the pool: without the fill the warp shows stretched lips between the
+    predicted inner lips; with it that area is clearly darker than the lips."""
+    before, want = _render_wide(closed_pool, OFF, 1.0)
+    after, _ = _render_wide(closed_pool, ON, 1.0)
+    outer = np.zeros(before.shape[:2], np.uint8)
+    cv2.fillPoly(outer, [np.round(want[48:60]).astype(np.int32)], 1)
+    inner = np.zeros_like(outer)
+    cv2.fillPoly(inner, [np.round(want[60:68]).astype(np.int32)], 1)
+    ring = (cv2.erode(outer, np.ones((5, 5), np.uint8)) > 0) & (cv2.dilate(inner, np.ones((5, 5), np.uint8)) == 0)
+    lip = (before[ring] @ LUMA).mean()  # the lips as rendered (after the colour match)
+    luma_before = (_inner_region(before, want) @ LUMA).mean()
+    luma_after = (_inner_region(after, want) @ LUMA).mean()
+    assert abs(luma_before - lip) < 0.2 * lip, (luma_before, lip)  # stretched lips: the failure
+    assert luma_after < 0.6 * lip, (luma_after, lip)
+    np.testing.assert_allclose((after[ring] @ LUMA).mean(), lip, rtol=0.05)  # the lips stay
+    # outside the mouth nothing moved
+    far = cv2.dilate(outer, np.ones((9, 9), np.uint8)) == 0
+    np.testing.assert_allclose(after[far].astype(int), before[far].astype(int), atol=1)
+
+
+def test_wider_than_pool_keeps_teeth_teeth_sized(pool):
+    """The pool opens up to 'opening 1'; the prediction asks for twice that. Plain warp: the
+    teeth band (35% of the gap) is stretched with the gap; with the fill the donor's teeth hang
+    from the upper lip at their own size and a dark cavity opens below them."""
+    before, want = _render_wide(pool, OFF, 2.0)
+    after, _ = _render_wide(pool, ON, 2.0)
+    x = int(round(want[62, 0]))
+    y0, y1 = int(np.ceil(want[62, 1])) + 1, int(np.floor(want[66, 1])) - 1
+    bright = lambda img: int(((img[y0:y1, x - 2:x + 3] @ LUMA).mean(1) > 150).sum())  # noqa: E731
+    assert bright(before) > 1.5 * bright(after) > 0, (bright(before), bright(after))
+    assert (_inner_region(after, want) @ LUMA).mean() < (_inner_region(before, want) @ LUMA).mean()
+
+
+def test_fill_is_a_no_op_when_the_pool_has_the_shape(pool, footage):
+    """Predictions inside the pool's range: the same bytes with the switch on and off."""
+    from studio.render.retrieval import fill_strength, opening_ratio
+
+    crops, pts, _ = footage
+    rng = np.random.default_rng(5)
+    talk = layout.talking_vector(pts) + rng.normal(0, 0.3, (len(pts), 58)).astype(np.float32)
+    ex = np.stack([np.arange(60) - 3, np.arange(60) + 4], 1)
+    on, off = RetrievalRenderer(pool, ON), RetrievalRenderer(pool, OFF)
+    picks = on.pick(pts, talk, exclude=ex)
+    np.testing.assert_array_equal(picks, off.pick(pts, talk, exclude=ex))
+    wanted = opening_ratio(layout.with_talking(pts, talk))
+    assert max(fill_strength(w, h, ON) for w, h in zip(wanted, opening_ratio(pool.points[picks]))) == 0
+    for i in range(0, 60, 6):
+        a = on.render_frame(crops[(i + 9) % 60], pts[(i + 9) % 60], talk[i], int(picks[i]))
+        b = off.render_frame(crops[(i + 9) % 60], pts[(i + 9) % 60], talk[i], int(picks[i]))
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask, b.mask)

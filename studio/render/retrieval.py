@@ -25,6 +25,14 @@ the predicted landmarks and blends it into the template crop. No training; CPU r
    lower nose, mouth), dilated by ``mask_dilation`` and feathered by ``feather`` (px at 256,
    scaled with the crop). Colour: Lab mean (and lightness std) matched over the mask's skin (mask
    minus the mouths). Optional ``seamless`` uses cv2.seamlessClone (Poisson) instead, at a large speed cost.
+5. Mouth interior (:func:`fill_strength`, :func:`mouth_donor`, :func:`mouth_interior`): short
+   footage may never open as wide as the speech needs; the warp then stretches the picked frame's
+   closed lips (or its thin slit, or its teeth) over the whole predicted inner-lip area. When the
+   predicted inner-lip opening exceeds the picked frame's by more than ``fill_margin`` face-scale
+   units, that area gets the interior of the pool's most open mouth instead, its halves hung
+   from the predicted lips at their own size (teeth stay teeth-sized) with its shadow colour in
+   between, faded in over ``fill_ramp`` and feathered, before the colour match (a pool that never
+   opens: darkened lips). Otherwise nothing changes, bit for bit.
 
 The pool is a folder: ``pool.json`` (config, sizes), ``pool.npz`` (points, patch offsets,
 sources, JPEG bytes of the lower-face patches; loaded with ``allow_pickle=False``), ``pca/``
@@ -68,6 +76,10 @@ N_RING = 16
 MAX_POOL_SIZE = 720
 STD_FLOOR = 0.1  # whitening treats minor PCA components as having at least this x the largest std
 PATCH_CACHE = 64  # decoded pool patches kept per renderer
+# Mouth interior (face-scale units: inner-lip opening / face_scale; ~0.03 closed, ~0.45 wide open).
+OPEN_MOUTH = 0.15  # a pool frame at least this open shows its interior (can donate it)
+FALLBACK_DARKEN = 0.3  # no open mouth in the pool: the cavity centre is the lip colour x this
+U_TABLE = 257  # samples of the lip curves along the mouth (per-pixel lookups instead of interp)
 
 
 @dataclass(frozen=True)
@@ -84,12 +96,18 @@ class RetrievalConfig:
     colour_match: bool = True
     seamless: bool = False  # Poisson blending (cv2.seamlessClone): slower
     jpeg_quality: int = 93  # pool patches
+    fill_mouth: bool = True  # give a mouth interior to predictions that open wider than the pick
+    fill_margin: float = 0.08  # face-scale units the predicted inner-lip opening may exceed the
+    # picked frame's before anything is filled (up to it the output is exactly the plain warp)
+    fill_ramp: float = 0.1  # face-scale units over which the fill fades in to full
 
     def __post_init__(self) -> None:
         if self.candidates < 1:
             raise ValueError("candidates must be >= 1")
         if self.min_pool_frames < 1:
             raise ValueError("min_pool_frames must be >= 1")
+        if self.fill_margin < 0 or self.fill_ramp <= 0:
+            raise ValueError("fill_margin must be >= 0 and fill_ramp > 0")
 
 
 class Rendered(NamedTuple):
@@ -513,6 +531,169 @@ def _colour_transfer(warped: np.ndarray, target: np.ndarray, where: np.ndarray) 
     return cv2.cvtColor(cv2.LUT(cv2.cvtColor(warped, cv2.COLOR_RGB2LAB), lut), cv2.COLOR_LAB2RGB)
 
 
+# ---------------------------------------------------------------------------------------------
+# mouth interior (footage that never opens as wide as the prediction)
+
+
+class _LipFrame(NamedTuple):
+    """A mouth's inner lips in a local frame: origin (2,) the inner corner 60, ex (2,) unit vector
+    to corner 64, ey (2,) unit vector down, width px; top / low (2, 5): (u, v) of the upper
+    (60-64) and lower (60, 67, 66, 65, 64) inner lip, u in [0, 1] along ex, v px along ey."""
+
+    origin: np.ndarray
+    ex: np.ndarray
+    ey: np.ndarray
+    width: float
+    top: np.ndarray
+    low: np.ndarray
+
+
+def _lip_frame(points: np.ndarray) -> _LipFrame:
+    """(68, 2) px -> the :class:`_LipFrame` of its inner lips."""
+    p = np.asarray(points, np.float64)
+    origin = p[60]
+    span = p[64] - origin
+    width = max(float(np.hypot(*span)), 1e-6)
+    ex = span / width
+    ey = np.array([-ex[1], ex[0]])
+
+    def curve(idx: list[int]) -> np.ndarray:
+        d = p[idx] - origin
+        return np.stack([np.maximum.accumulate(d @ ex / width), d @ ey])
+
+    return _LipFrame(origin, ex, ey, width, curve([60, 61, 62, 63, 64]), curve([60, 67, 66, 65, 64]))
+
+
+class MouthDonor(NamedTuple):
+    """The pool's most open mouth, whose interior fills openings the picked frame lacks.
+
+    patch (h, w, 3) uint8 RGB (pool colours); points (68, 2) float64 patch px; dark (3,) float32
+    RGB: the interior's shadow colour (the mean of its darkest tenth), painted beyond its gap;
+    lips: its :class:`_LipFrame`; scale: its face scale (px).
+    """
+
+    patch: np.ndarray
+    points: np.ndarray
+    dark: np.ndarray
+    lips: _LipFrame
+    scale: float
+
+
+def opening_ratio(points: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) px -> (...,): inner-lip opening in face-scale units (~0.03 closed, ~0.45 wide)."""
+    return layout.mouth_opening(points) / face_scale(points)
+
+
+def fill_strength(want: float, have: float, cfg: RetrievalConfig) -> float:
+    """Opacity in [0, 1] of the filled interior when the prediction opens ``want`` and the picked
+    frame ``have`` (face-scale units): 0 up to ``fill_margin`` more, 1 from ``fill_margin +
+    fill_ramp`` more."""
+    return float(np.clip((want - have - cfg.fill_margin) / cfg.fill_ramp, 0.0, 1.0))
+
+
+def _poly_mask(poly: np.ndarray, shape: tuple[int, int], origin: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """(h, w) uint8 0..255: polygon (M, 2) px (any shape), anti-aliased; ``origin`` = the mask's
+    top-left corner in the polygon's coordinates."""
+    m = np.zeros(shape, np.uint8)
+    q = np.round((np.asarray(poly, np.float64) - origin) * 16).astype(np.int32)
+    cv2.fillPoly(m, [q], 255, cv2.LINE_AA, 4)
+    return m
+
+
+def mouth_donor(pool: RetrievalPool) -> MouthDonor | None:
+    """The pool frame with the widest inner-lip opening, if at least ``OPEN_MOUTH`` (else None).
+    Decodes its patch."""
+    ratio = opening_ratio(pool.points.astype(np.float64))
+    j = int(np.argmax(ratio))
+    if ratio[j] < OPEN_MOUTH:
+        return None
+    patch = pool.patch(j)
+    pts = pool.points[j].astype(np.float64) - pool.offsets[j]
+    inside = cv2.erode(_poly_mask(pts[list(layout.INNER_LIP)], patch.shape[:2]), np.ones((3, 3), np.uint8)) > 127
+    pixels = patch[inside].astype(np.float32)
+    if len(pixels) < 10:
+        return None
+    luma = pixels @ np.float32([0.299, 0.587, 0.114])
+    dark = pixels[luma <= np.percentile(luma, 10)].mean(0)
+    return MouthDonor(patch, pts, dark.astype(np.float32), _lip_frame(pts), float(face_scale(pts)))
+
+
+def mouth_interior(warped: np.ndarray, dst: np.ndarray, box: tuple[int, int, int, int],
+                   donor: MouthDonor | None, strength: float, px: float) -> np.ndarray:
+    """Fill the predicted inner-lip area of ``warped`` with a mouth interior.
+
+    warped (h, w, 3) uint8 covering ``box`` (x0, y0, x1, y1) of the crop; dst (68, 2) crop px, the
+    predicted face; donor from :func:`mouth_donor`; strength in [0, 1] the opacity; px the crop's
+    pixels per reference pixel. -> (h, w, 3) uint8 (``warped`` itself when nothing is to fill).
+
+    With a donor, the upper half of its interior hangs from the predicted upper inner lip and the
+    lower half stands on the lower one, each at its own size (scaled by the face scales, not
+    stretched to the predicted gap: teeth stay teeth-sized; only along the mouth and, for a
+    narrower gap, compressed); the middle the donor cannot cover is its shadow colour, darker
+    towards the centre. Without a donor (the pool never opens), the area shades from darkened
+    lips at the edge to darker at the centre.
+    """
+    x0, y0, x1, y1 = box
+    inner = dst[list(layout.INNER_LIP)].astype(np.float64)
+    sigma = 0.8 * px
+    pad = int(np.ceil(3 * sigma)) + 2
+    lo = np.maximum(np.floor(inner.min(0)).astype(int) - pad, [x0, y0])
+    hi = np.minimum(np.ceil(inner.max(0)).astype(int) + pad + 1, [x1, y1])
+    if (hi <= lo).any():
+        return warped
+    sx0, sy0 = lo - [x0, y0]
+    sx1, sy1 = hi - [x0, y0]
+    sub = warped[sy0:sy1, sx0:sx1]
+    shape = sub.shape[:2]
+    hard = _poly_mask(inner, shape, lo)
+    if donor is not None:
+        d, s = _lip_frame(dst), donor.lips
+        unit = donor.scale / float(face_scale(dst))  # donor px per output px
+        # functions of u (the position along the mouth) as tables: float32 all the way
+        grid = np.linspace(0.0, 1.0, U_TABLE)
+        top_d, low_d = np.interp(grid, *d.top), np.interp(grid, *d.low)
+        top_s, low_s = np.interp(grid, *s.top), np.interp(grid, *s.low)
+        gap_s = np.maximum(low_s - top_s, 1e-3)  # the donor's gap, donor px
+        gap = np.maximum(low_d - top_d, 1e-3) * unit  # the predicted one, donor px
+        squeeze = np.maximum(gap_s / gap, 1.0)  # a narrower prediction compresses the donor
+        base = s.origin + (grid * s.width)[:, None] * s.ex + top_s[:, None] * s.ey  # (U, 2) donor upper lip
+        table = np.stack([top_d * unit, gap, gap_s, squeeze, base[:, 0], base[:, 1]]).astype(np.float32)
+        # the maps are smooth: computed every f-th pixel (at the pixel centres cv2.resize assumes)
+        f = max(1, int(round(px)))
+        hc, wc = -(-shape[0] // f), -(-shape[1] // f)
+        xs = (lo[0] - d.origin[0] + (np.arange(wc) + 0.5) * f - 0.5).astype(np.float32)[None, :]
+        ys = (lo[1] - d.origin[1] + (np.arange(hc) + 0.5) * f - 0.5).astype(np.float32)[:, None]
+        u = np.clip(xs * np.float32(d.ex[0] / d.width) + ys * np.float32(d.ex[1] / d.width), 0, 1)
+        k = (u * np.float32(U_TABLE - 1) + np.float32(0.5)).astype(np.intp)
+        top_u, gap_u, gap_s_u, squeeze_u, base_x, base_y = (np.take(t, k) for t in table)
+        # donor px below the predicted upper inner lip
+        v = (xs * np.float32(d.ey[0] * unit) + ys * np.float32(d.ey[1] * unit)) - top_u
+        upper = v < gap_u / 2
+        from_lip = np.maximum(np.where(upper, v, gap_u - v), 0) * squeeze_u
+        down = np.where(upper, from_lip, gap_s_u - from_lip)
+        # beyond half the donor's gap from either lip: its shadow, deeper towards the middle
+        beyond = (from_lip - gap_s_u / 2) / gap_s_u
+        maps = np.stack([base_x + down * np.float32(s.ey[0]), base_y + down * np.float32(s.ey[1]),
+                         np.clip(beyond * np.float32(1 / 0.15), 0, 1),
+                         1 - np.float32(0.3) * np.clip(beyond, 0, 1)], -1)
+        if f > 1:
+            maps = cv2.resize(maps, (wc * f, hc * f), interpolation=cv2.INTER_LINEAR)[:shape[0], :shape[1]]
+        fill = cv2.remap(donor.patch, np.ascontiguousarray(maps[..., 0]), np.ascontiguousarray(maps[..., 1]),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        fill += (donor.dark * maps[..., 3:] - fill) * maps[..., 2:3]
+    else:
+        lips = (_poly_mask(dst[list(layout.OUTER_LIP)], shape, lo) > 127) & (hard < 128)
+        lip = np.median(sub[lips], 0) if lips.sum() >= 5 else np.float32([150, 70, 70])
+        gap = max(float(layout.mouth_opening(dst)), 1.0)
+        depth = np.clip(cv2.distanceTransform((hard > 127).astype(np.uint8), cv2.DIST_L2, 3) / (0.25 * gap), 0, 1)
+        fill = lip * (FALLBACK_DARKEN * (2.0 - depth[..., None]))
+    alpha = cv2.GaussianBlur(hard.astype(np.float32) * np.float32(strength / 255), (0, 0), sigma)
+    out = warped.copy()
+    fill8 = np.clip(fill + 0.5, 0, 255).astype(np.uint8)
+    out[sy0:sy1, sx0:sx1] = cv2.blendLinear(fill8, sub, alpha, 1 - alpha)
+    return out
+
+
 class RetrievalRenderer:
     """Renders face crops from a :class:`RetrievalPool` (see the module docstring).
 
@@ -529,6 +710,7 @@ class RetrievalRenderer:
         self._successor = pool.successor()
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()  # one renderer may serve several UI sessions
+        self._donor: tuple[MouthDonor | None] | None = None  # found on first need
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], cfg: RetrievalConfig | None = None) -> "RetrievalRenderer":
@@ -560,6 +742,16 @@ class RetrievalRenderer:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[j] = patch
         return patch
+
+    def mouth_donor(self) -> MouthDonor | None:
+        """The pool's most open mouth (:func:`mouth_donor`), found once."""
+        with self._lock:
+            if self._donor is None:
+                self._donor = (mouth_donor(self.pool),)
+                if self._donor[0] is None:
+                    log.info("the retrieval pool never opens its mouth (inner lips < %.2f face scale): "
+                             "wider predicted mouths get darkened lips, no teeth", OPEN_MOUTH)
+            return self._donor[0]
 
     def render_frame(self, template_crop: np.ndarray, template_points: np.ndarray,
                      predicted_talk: np.ndarray, index: int) -> Rendered:
@@ -599,6 +791,10 @@ class RetrievalRenderer:
             return Rendered(crop.copy(), np.zeros((size, size), np.float32), int(index))
         map_x, map_y, inside = piecewise_affine_maps(d_pts, s_pts, box)
         warped = cv2.remap(patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if cfg.fill_mouth:
+            strength = fill_strength(float(opening_ratio(dst)), float(opening_ratio(src)), cfg)
+            if strength > 0:
+                warped = mouth_interior(warped, dst, box, self.mouth_donor(), strength, px)
 
         alpha = feathered_mask(polys, box, cfg.mask_dilation * px, cfg.feather * px)
         alpha *= inside
