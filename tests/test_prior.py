@@ -32,11 +32,12 @@ def _cut(src, out, seconds: float, audio: bool = True):
 
 
 @pytest.fixture(scope="module")
-def heads(tmp_path_factory):
-    """Two synthetic people with different face shapes (no video)."""
+def heads(tmp_path_factory, shared):
+    """Two synthetic people with different face shapes (no video), speaking real speech."""
     root = tmp_path_factory.mktemp("heads")
     cfg = SynthConfig(shape_variation=1.5)
-    return [synthesize(root / f"h{k}", 12.0, 300 + k, render=False, config=cfg) for k in range(2)]
+    speech = shared / "media" / "speech" / "english_60s_16k.wav"
+    return [synthesize(root / f"h{k}", 12.0, 300 + k, speech=speech, render=False, config=cfg) for k in range(2)]
 
 
 # -- identity offsets ------------------------------------------------------------------------------
@@ -187,3 +188,19 @@ def test_one_step_dub_builds_once_and_reuses_the_subject(short_videos, tmp_path,
     monkeypatch.setattr(subject_module, "make_subject", no_build)
     again = Pipeline(work_dir=tmp_path / "work2").dub_video(short_videos["three"], SPEECH, tmp_path / "b.mp4")
     assert media.probe_video(again).frames == info.frames
+
+
+def test_timing_is_measured_on_the_footage(heads):
+    """Footage whose sound runs 6 frames behind its picture: the prior's timing estimate moves the
+    speech back by about as much, and a checkpoint applies it when predicting."""
+    import dataclasses
+
+    from studio.models.identity import shift_audio
+    from studio.train.prior import estimate_audio_shift
+
+    b = clip_arrays(heads[0])
+    late = dataclasses.replace(b, audio=shift_audio(b.audio, -6))  # the sound comes 6 frames late
+    assert abs(estimate_audio_shift(PRIOR_DIR, [late]) - 6) <= 2
+    assert abs(estimate_audio_shift(PRIOR_DIR, [b])) <= 2
+    a = np.arange(40, dtype=np.float32)[:, None].repeat(26, 1)
+    assert np.array_equal(shift_audio(a, 2)[:-8], a[8:]) and np.array_equal(shift_audio(a, 2)[-8:], a[-1:].repeat(8, 0))

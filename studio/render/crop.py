@@ -172,9 +172,13 @@ class CropTrack:
             xa, ya = max(int(x0) - pad, 0), max(int(y0) - pad, 0)
             xb, yb = min(int(np.ceil(x1)) + pad, w), min(int(np.ceil(y1)) + pad, h)
             if xb > xa and yb > ya:
-                src = frame.copy()
+                # Only the crop's region (plus the blur's reach) is low-passed and sampled: the
+                # warp reads inside it, and where the box leaves the frame the region ends at
+                # the frame's edge, so edge replication is the same as on the whole frame.
                 sigma = 0.5 * (1 / k - 1)
-                src[ya:yb, xa:xb] = cv2.GaussianBlur(frame[ya:yb, xa:xb], (0, 0), sigma)
+                src = cv2.GaussianBlur(frame[ya:yb, xa:xb], (0, 0), sigma)
+                m = m.copy()
+                m[:, 2] += m[:, :2] @ np.array([xa, ya], np.float64)
         return cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
 
