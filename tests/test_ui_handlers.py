@@ -612,3 +612,18 @@ def test_uploaded_template_is_tracked_and_a_faceless_one_refused(env, h, shared,
             w.write(np.full((128, 128, 3), 90 + k, np.uint8))
     with pytest.raises(gr.Error, match="(?i)face"):
         h.predict(DubState.new(), env["subject"], env["speech"], "synth", str(blank), "ours")
+
+
+def test_loso_results_are_shown_or_explained(monkeypatch, tmp_path):
+    from studio.train import loso
+
+    monkeypatch.setattr(loso, "results_dir", lambda: tmp_path)
+    assert "python -m studio loso" in h_module().loso_results()
+    (tmp_path / "table.md").write_text("| method | obama |\n|---|---|\n| prior | 0.5 |\n")
+    assert "| prior | 0.5 |" in h_module().loso_results()
+
+
+def h_module():
+    from studio.ui import handlers
+
+    return handlers

@@ -41,6 +41,13 @@ LABELS = {"prior_raw": "prior alone, no timing", "prior": "prior alone (+ timing
 SPLIT = 0.7
 
 
+def results_dir():
+    """Where the project's own LOSO results live (docs/results/loso): the studio shows them."""
+    from studio.config import REPO_ROOT
+
+    return REPO_ROOT / "docs" / "results" / "loso"
+
+
 def scratch_plan(frames: Sequence[int]) -> dict | None:
     """From-scratch settings for short footage: the fine-tune's windows, the preset's optimizer."""
     from studio.train.prior import finetune_plan

@@ -199,6 +199,9 @@ def build():
                 a_table = gr.Dataframe(headers=["model", "Mouth MSE", "Jaw MSE", "Train (s)", "Infer 5 min (s)",
                                                 "seeds"], label="Table 1 (mean ± std over seeds)", interactive=False)
                 a_fig = gr.Plot(label="Table 1 as bars (error bars: std over seeds)")
+                with gr.Accordion("A new person from one short clip: the multi-speaker prior, "
+                                  "leave-one-speaker-out", open=False):
+                    gr.Markdown(h.loso_results(), elem_id="loso_table")
                 gr.Markdown("### Side by side\nThe same speech driven by several variants, on one template.")
                 with gr.Row():
                     c_speech = gr.Audio(value=speeches[0] if speeches else None, sources=["upload"],

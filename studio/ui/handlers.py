@@ -711,6 +711,19 @@ def ablation_subject(subject_dir: str | None):
             gr.update(choices=variants, value=[v for _, v in variants][:2]))
 
 
+def loso_results() -> str:
+    """The multi-speaker prior's leave-one-speaker-out table (markdown), or why there is none."""
+    from studio.train.loso import results_dir
+
+    path = results_dir() / "table.md"
+    try:
+        text = path.read_text()
+    except OSError:
+        return ("No leave-one-speaker-out results yet: run `python -m studio loso --out docs/results/loso` "
+                "(trains the prior once per speaker and seed).")
+    return text + "\n\nFrom `docs/results/loso` (`python -m studio loso`); per-clip rows in `runs.csv`."
+
+
 @user_errors
 def ablation_results(subject_dir: str | None, variants: Sequence[str] | None = None):
     """Existing Table 1 results of a subject -> (dataframe, plotly figure, note)."""
