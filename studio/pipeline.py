@@ -330,6 +330,8 @@ class Pipeline:
             raise InputError(f"Frame range {start}..{stop} is empty.", f"Pick frames in 0..{lms.points.shape[0] - 1}.")
         engine = self.renderer(subject, renderer)
         frames = self.template_frames(template, lms.frame_index, start, stop)
+        if stop - start > 1:  # decode ahead while frames are rendered
+            frames = media.prefetch(frames, 8)
         i = start
         try:
             for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
@@ -366,8 +368,9 @@ class Pipeline:
         size = (template.meta.width, template.meta.height)
         report = progress or (lambda f, d: None)
         with media.VideoWriter(out_path, lms.fps, size, audio=speech.signal) as writer:
-            for k, frame in enumerate(self.render_frames(subject, template, lms, renderer,
-                                                         facemap_cfg=facemap_cfg, cancel=cancel)):
+            frames = self.render_frames(subject, template, lms, renderer, facemap_cfg=facemap_cfg, cancel=cancel)
+            # frames are rendered in another thread while this one feeds the encoder
+            for k, frame in enumerate(media.prefetch(frames, 4)):
                 writer.write(frame)
                 if k % 10 == 0 or k == n - 1:
                     report((k + 1) / n, f"frame {k + 1}/{n}")

@@ -130,3 +130,16 @@ def test_select_and_real_crop():
     frame = face_image(lm[7])
     crop = sub.crop(frame, 2, 256)
     assert crop.std() > 10
+
+
+def test_smoothing_matches_scipy_savgol():
+    from scipy.signal import savgol_filter
+
+    from studio.render.crop import _smooth
+
+    rng = np.random.default_rng(1)
+    for t, w, p in [(120, 15, 2), (9, 15, 2), (31, 31, 3), (4, 15, 2)]:
+        x = rng.normal(size=(t, 2)).cumsum(axis=0)
+        ww = min(w, t if t % 2 else t - 1)
+        want = x if ww <= p or ww < 3 else savgol_filter(x, ww, p, axis=0, mode="interp")
+        assert np.allclose(_smooth(x, w, p), want, atol=1e-9)

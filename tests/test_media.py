@@ -506,3 +506,46 @@ def test_half_downloaded_faststart_mp4(tmp_path, shared):
     with pytest.raises(InputError, match="incomplete"):
         media.probe_video(half)
     assert media.probe_video(full).frames == 125
+
+
+def test_prefetch_keeps_order_raises_where_it_failed_and_stops_early():
+    import threading
+
+    from studio.media import prefetch
+
+    assert list(prefetch(iter(range(50)), 3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("decoder broke")
+
+    got = []
+    with pytest.raises(ValueError, match="decoder broke"):
+        for x in prefetch(failing(), 2):
+            got.append(x)
+    assert got == [1, 2]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            k = 0
+            while True:
+                yield k
+                k += 1
+        finally:
+            closed.set()
+
+    it = prefetch(endless(), 2)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+    assert closed.is_set()
+
+
+def test_encoder_preset_gets_faster_with_frame_size():
+    from studio.media import encoder_preset
+
+    assert encoder_preset(1280, 720) == "veryfast"
+    assert encoder_preset(1080, 1080) == "superfast"
+    assert encoder_preset(1080, 1920) == encoder_preset(1920, 1080) == "ultrafast"

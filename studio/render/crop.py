@@ -63,14 +63,31 @@ def raw_boxes(landmarks: np.ndarray, cfg: CropConfig = CropConfig()) -> tuple[np
 
 
 def _smooth(x: np.ndarray, window: int, polyorder: int) -> np.ndarray:
-    """Savitzky-Golay along axis 0; the window shrinks to fit short sequences."""
-    from scipy.signal import savgol_filter
+    """Savitzky-Golay along axis 0; the window shrinks to fit short sequences.
 
+    The same as ``scipy.signal.savgol_filter(x, w, polyorder, axis=0, mode="interp")`` (the
+    interior: the least-squares polynomial's value at each window's centre; the first and last
+    half-windows: the polynomial fitted to the first / last window, evaluated there), in numpy:
+    importing scipy.signal costs about two seconds, more than smoothing any clip.
+    """
+    x = np.asarray(x, np.float64)
     t = x.shape[0]
     w = min(window, t if t % 2 else t - 1)
     if w <= polyorder or w < 3:
         return x.copy()
-    return savgol_filter(x, w, polyorder, axis=0, mode="interp")
+    half = w // 2
+    u = np.arange(-half, half + 1, dtype=np.float64)
+    vander = u[:, None] ** np.arange(polyorder + 1)  # (w, p+1)
+    fit = np.linalg.pinv(vander)  # (p+1, w): window values -> polynomial coefficients
+    flat = x.reshape(t, -1)
+    out = np.empty_like(flat)
+    windows = np.lib.stride_tricks.sliding_window_view(flat, w, axis=0)  # (t-w+1, D, w)
+    out[half:t - half] = np.einsum("ndw,w->nd", windows, fit[0])
+    for rows, block in ((slice(0, half), flat[:w]), (slice(t - half, t), flat[t - w:])):
+        coef = fit @ block  # (p+1, D)
+        at = u[:half] if rows.start == 0 else u[half + 1:]
+        out[rows] = (at[:, None] ** np.arange(polyorder + 1)) @ coef
+    return out.reshape(x.shape)
 
 
 def _fill_gaps(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -172,13 +189,24 @@ class CropTrack:
             xa, ya = max(int(x0) - pad, 0), max(int(y0) - pad, 0)
             xb, yb = min(int(np.ceil(x1)) + pad, w), min(int(np.ceil(y1)) + pad, h)
             if xb > xa and yb > ya:
-                # Only the crop's region (plus the blur's reach) is low-passed and sampled: the
+                # Only the crop's region (plus the filter's reach) is low-passed and sampled: the
                 # warp reads inside it, and where the box leaves the frame the region ends at
                 # the frame's edge, so edge replication is the same as on the whole frame.
-                sigma = 0.5 * (1 / k - 1)
-                src = cv2.GaussianBlur(frame[ya:yb, xa:xb], (0, 0), sigma)
+                region = frame[ya:yb, xa:xb]
                 m = m.copy()
                 m[:, 2] += m[:, :2] @ np.array([xa, ya], np.float64)
+                shrink = int(1 / (k * 1.5))  # an area (box) average down to >= 1.5x the crop's scale
+                if shrink >= 2:
+                    rh, rw = region.shape[0] // shrink, region.shape[1] // shrink
+                    if rh >= 2 and rw >= 2:
+                        region = cv2.resize(region[:rh * shrink, :rw * shrink], (rw, rh),
+                                            interpolation=cv2.INTER_AREA)
+                        # pixel j of the reduced region covers source pixels j*s .. j*s+s-1
+                        m[:, :2] *= shrink
+                        m[:, 2] += m[:, :2] @ np.array([(shrink - 1) / (2 * shrink)] * 2)
+                        k = k * shrink
+                sigma = 0.5 * (1 / k - 1)
+                src = cv2.GaussianBlur(region, (0, 0), sigma) if sigma > 0.05 else region
         return cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
 
