@@ -213,7 +213,7 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     for variant in variants:
         report(f"train mapping: {variant}", done / n_stages)
         ckpt = out / "mapping" / variant
-        if variant == "ours" and prior_dir is not None:
+        if variant == "ours" and prior_dir is not None and not _person_specific(ckpt):
             from studio.train.prior import adapt_prior, fine_tune, speech_problem
 
             problem = speech_problem(clips)
@@ -227,11 +227,23 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
 
                 adapt_prior(prior_dir, [clip_arrays(c) for c in clips], ckpt)
         elif not (ckpt / "config.json").exists():
-            train_mapping(clips, variant, ckpt, preset=preset, seed=seed)
+            from studio.train.prior import scratch_plan
+
+            plan = scratch_plan([c.meta.frames for c in clips])
+            if plan is None:
+                notices.append(f"The footage is too short to train the {VARIANT_LABELS.get(variant, variant)} "
+                               "model from scratch; it was left out (use 5 s or more).")
+                log.warning("%s: %s", out, notices[-1])
+            else:
+                train_mapping(clips, variant, ckpt, preset=preset, seed=seed, **plan)
         done += 1
 
     report("build retrieval pool", done / n_stages)
-    pca_source = out / "mapping" / variants[0]
+    trained = [v for v in variants if (out / "mapping" / v / "config.json").exists()]
+    if not trained:
+        raise InputError("The footage is too short to train any of the chosen models.",
+                         "Keep the default model (Ours, which starts from the multi-speaker prior) or give 5 s or more.")
+    pca_source = out / "mapping" / trained[0]
     RetrievalPool.build_folder(clip_dirs, out / "retrieval", pca_dir=pca_source)
     done += 1
 
@@ -244,7 +256,8 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
         done += 1
 
     manifest = SubjectManifest(
-        name=name or out.name, clips=tuple(p.name for p in clip_dirs), variants=tuple(variants),
+        name=name or out.name, clips=tuple(p.name for p in clip_dirs),
+        variants=tuple(v for v in variants if (out / "mapping" / v / "config.json").exists()),
         retrieval=True, neural=bool(neural), created=time.time(), sources=tuple(str(v) for v in videos),
         extras={"video_sha256": video_sha, "notices": notices})
     old = _existing_manifest(out)
@@ -255,6 +268,15 @@ def make_subject(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     write_json_atomic(out / MANIFEST, dataclasses.asdict(manifest))
     report("done", 1.0)
     return Subject.load(out)
+
+
+def _person_specific(ckpt: Path) -> bool:
+    """A finished checkpoint trained from scratch (before the prior, or with ``prior=None``):
+    completing the subject must not replace it."""
+    try:
+        return "identity" not in json.loads((ckpt / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _prior_dir(prior: str | os.PathLike[str] | None) -> Path | None:

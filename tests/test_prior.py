@@ -151,9 +151,21 @@ def test_subject_from_three_seconds_of_footage(short_videos, tmp_path, weights_d
     from studio.subject import make_subject
 
     monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
-    subject = make_subject([short_videos["three"]], tmp_path / "s")
+    subject = make_subject([short_videos["three"]], tmp_path / "s", variants=("ours", "no-pose"))
     cfg = json.loads((subject.mapping_dir("ours") / "config.json").read_text())
     assert cfg["result"]["stopped"] == "prior_only" and subject.manifest.retrieval
+    # an ablation variant cannot be trained from scratch on 3 s: left out, with a notice, no error
+    assert subject.manifest.variants == ("ours",)
+    assert any("too short" in n for n in subject.manifest.extras["notices"])
+
+
+def test_scratch_training_fits_its_windows_to_the_footage():
+    from studio.train.prior import scratch_plan
+
+    assert scratch_plan([900]) == {}  # the preset's windows fit
+    short = scratch_plan([250])  # 10 s at 25 fps: shrunk windows, no validation-window error
+    assert short is not None and short["window"] < 64
+    assert scratch_plan([75]) is None
 
 
 def test_silent_footage_dubs_with_the_prior_and_a_notice(short_videos, tmp_path, weights_dir, monkeypatch):

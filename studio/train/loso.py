@@ -48,22 +48,12 @@ def results_dir():
     return REPO_ROOT / "docs" / "results" / "loso"
 
 
-def scratch_plan(frames: Sequence[int]) -> dict | None:
-    """From-scratch settings for short footage: the fine-tune's windows, the preset's optimizer."""
-    from studio.train.prior import finetune_plan
-
-    plan = finetune_plan(frames)
-    if plan is None:
-        return None
-    return {**plan, "lr": 1e-3, "max_epochs": 60, "patience": 6, "calibrate": True}
-
-
 def evaluate_speaker(prior_dir: Path, clips, seed: int, work: Path) -> list[dict]:
     """All methods on each clip of one held-out speaker -> rows."""
     from studio.train import checkpoint as ck
     from studio.train.evaluate import dubbing_pairs
     from studio.train.mapping import train_mapping
-    from studio.train.prior import adapt_prior, fine_tune
+    from studio.train.prior import adapt_prior, fine_tune, finetune_plan
     from studio.train.windows import clip_arrays
 
     rows = []
@@ -75,7 +65,8 @@ def evaluate_speaker(prior_dir: Path, clips, seed: int, work: Path) -> list[dict
         models: dict[str, Path | None] = {
             "prior_raw": adapt_prior(prior_dir, first, work / name / "prior_raw"),
             "prior": fine_tune(first, work / name / "prior", prior=prior_dir, plan=None)}
-        plan = scratch_plan([first[0].frames])
+        plan = finetune_plan([first[0].frames])
+        plan = None if plan is None else {**plan, "lr": 1e-3, "max_epochs": 60, "patience": 6, "calibrate": True}
         models["scratch"] = None if plan is None else train_mapping(
             first, "ours", work / name / "scratch", "cpu", seed, **plan)
         models["finetune"] = fine_tune(first, work / name / "finetune", prior=prior_dir, seed=seed)

@@ -183,6 +183,18 @@ def finetune_plan(block_frames: Sequence[int]) -> dict | None:
             "batch_size": 16, "calibrate": False}
 
 
+def scratch_plan(block_frames: Sequence[int]) -> dict | None:
+    """TrainConfig overrides for training from scratch on footage of these lengths: {} when the
+    preset's 64-frame windows fit (a clip of 320+ frames), the fine-tune's shrunk windows with the
+    preset's optimizer for shorter footage, None when there is too little to train at all."""
+    if max(block_frames, default=0) >= 320:
+        return {}
+    plan = finetune_plan(block_frames)
+    if plan is None:
+        return None
+    return {**plan, "lr": 1e-3, "max_epochs": 60, "patience": 6, "calibrate": True}
+
+
 def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[str] = PRIOR_DIR,
               seed: int = 0, span: tuple[float, float] = (0.0, 1.0), plan: dict | None | str = "auto",
               preset: str = "cpu", timing: bool = True) -> Path:
