@@ -14,7 +14,7 @@ here are bounded and thread-safe. Per-request settings are arguments, never shar
 
 Length rule: the output has one frame per template-rate frame of speech,
 ``T = round(speech_seconds * template_fps)``. When the speech is longer than the template, the
-template is extended by ping-pong looping (:func:`studio.train.checkpoint.extend_template`);
+template is extended by ping-pong looping (:func:`studio.models.checkpoint.extend_template`);
 ``Prediction.frame_index`` maps each output frame to its template frame.
 """
 
@@ -38,7 +38,7 @@ from studio.edits import Edits, apply_edits, closed_mouth_shape
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face import layout
 from studio.fsutil import sha256_file
-from studio.manager import ModelManager
+from studio.manager import ModelManager, default_manager
 from studio.subject import ALL_VARIANTS, Subject
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class Pipeline:
 
     def __init__(self, manager: ModelManager | None = None, config: PipelineConfig = PipelineConfig(),
                  work_dir: str | os.PathLike[str] | None = None) -> None:
-        self.manager = manager or ModelManager()
+        self.manager = manager or default_manager()  # STUDIO_MODEL_MEMORY_MB, STUDIO_DEVICE
         self.config = config
         self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / "lip-sync-studio")
         self._speech = _LRU(config.cache_items)
@@ -151,7 +151,7 @@ class Pipeline:
         return self.manager.get(("subject", str(d)), lambda device: Subject.load(d))
 
     def mapping(self, subject: Subject, variant: str):
-        from studio.train.checkpoint import MappingModel
+        from studio.models.checkpoint import MappingModel
 
         path = subject.mapping_dir(variant).resolve()
         model = self.manager.get(("mapping", str(path)), lambda device: MappingModel.load(path))
@@ -234,7 +234,7 @@ class Pipeline:
 
     def predict(self, subject: Subject, speech: Speech, template, variant: str = "ours") -> Prediction:
         """Run the mapping network (cached per subject, speech, template and variant)."""
-        from studio.train.checkpoint import extend_template
+        from studio.models.checkpoint import extend_template
 
         if variant not in ALL_VARIANTS:
             raise InputError(f"Unknown variant {variant!r}.", f"Use one of {list(ALL_VARIANTS)}.")

@@ -4,7 +4,7 @@ Layout of SUBJECT_DIR::
 
     subject.json        manifest (written last; its presence means the folder is complete)
     clips/<name>/       preprocessed clips (studio.data.clip cache format)
-    mapping/<variant>/  mapping checkpoints (studio.train.checkpoint), one per trained variant
+    mapping/<variant>/  mapping checkpoints (studio.models.checkpoint), one per trained variant
     retrieval/          the retrieval renderer's pool (studio.render.retrieval)
     neural/             the neural renderer's checkpoint, when one was trained
 

@@ -10,7 +10,7 @@ from studio.face import frontal, layout
 from studio.face.normalize import face_scale, normalize, nose_centre
 from studio.metrics import best_lag, compare_tracks, openings, pearson, score_energy
 from studio.models.conditioning import RigidCheek, condition, normalize_audio
-from studio.train.checkpoint import MappingModel
+from studio.models.checkpoint import MappingModel
 from studio.train.evaluate import dubbing_scores, track
 from studio.train.mapping import train_mapping
 

@@ -191,3 +191,14 @@ def test_a_loader_may_load_other_keys_but_not_itself():
     with pytest.raises(RuntimeError, match="itself"):
         manager.get("loop", lambda d: manager.get("loop", lambda d2: 1))
     assert "loop" not in manager
+
+
+def test_the_pipeline_uses_the_default_manager_and_its_memory_bound(monkeypatch):
+    from studio import manager as manager_module
+    from studio.pipeline import Pipeline
+
+    monkeypatch.setattr(manager_module, "_default", None)
+    monkeypatch.setenv("STUDIO_MODEL_MEMORY_MB", "300")
+    pipe = Pipeline()
+    assert pipe.manager is manager_module.default_manager()
+    assert pipe.manager.max_bytes == 300 * 2**20

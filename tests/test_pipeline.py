@@ -121,7 +121,7 @@ def test_render_cancel_leaves_no_file(staged, pipe, tmp_path):
 
 
 def test_template_frames_ping_pong(pipe, staged):
-    from studio.train.checkpoint import extend_template
+    from studio.models.checkpoint import extend_template
 
     subject, speech, tpl, pred = staged
     idx = extend_template(12, 5)  # 0 1 2 3 4 3 2 1 0 1 2 3
@@ -160,3 +160,15 @@ def test_sync_redetected_mouth_follows_prediction(rendered, tmp_path, weights_di
     predicted = layout.mouth_opening(lms.points) / clip.scale
     r = np.corrcoef(seen, predicted)[0, 1]
     assert r >= 0.8, r
+
+
+def test_dubbing_imports_no_trainer(tmp_path):
+    """Inference lives outside studio.train: a whole dub with an existing subject loads none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom studio.pipeline import Pipeline\n"
+            f"Pipeline(work_dir={str(tmp_path / 'w')!r}).dub({str(SAMPLE)!r}, {str(SPEECH)!r}, {str(tmp_path / 'o.mp4')!r})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('studio.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

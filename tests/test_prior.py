@@ -14,7 +14,7 @@ from studio.data.synth import SynthConfig, synthesize
 from studio.face import frontal
 from studio.models import identity
 from studio.models.conditioning import smooth_pose
-from studio.train.checkpoint import MappingModel
+from studio.models.checkpoint import MappingModel
 from studio.train.mapping import to_canonical
 from studio.train.prior import PRIOR_DIR, adapt_prior, fine_tune, finetune_plan, speech_problem
 from studio.train.windows import clip_arrays

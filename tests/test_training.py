@@ -11,7 +11,7 @@ from studio.data.clip import Clip, ClipMeta
 from studio.errors import CheckpointError, InputError
 from studio.face import layout
 from studio.face.normalize import normalize
-from studio.train import checkpoint as ck
+from studio.models import checkpoint as ck
 from studio.train.ablate import ablate
 from studio.train.evaluate import FACE_SCALE_PX, error_sums, evaluate, evaluate_model, summarize
 from studio.train.mapping import prepare, settings_for, train_mapping

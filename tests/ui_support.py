@@ -30,7 +30,7 @@ def tiny_subject(base: Path, seconds: float = 16.0, seed: int = 1) -> Path:
     from studio.fsutil import write_json_atomic
     from studio.render.retrieval import RetrievalPool
     from studio.subject import MANIFEST, SubjectManifest
-    from studio.train.checkpoint import MappingModel
+    from studio.models.checkpoint import MappingModel
     from studio.train.mapping import train_mapping
 
     out = Path(base) / "ui_tiny_subject"

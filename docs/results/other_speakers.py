@@ -7,7 +7,7 @@ import json, sys, copy, numpy as np
 from studio.config import load_preset
 from studio.data.clip import Clip
 from studio.train.mapping import train_mapping
-from studio.train.checkpoint import MappingModel
+from studio.models.checkpoint import MappingModel
 from studio.train.evaluate import evaluate_dubbing, dub_predict, track
 from studio.metrics import openings, pearson
 preset = load_preset(sys.argv[1] if len(sys.argv) > 1 else "cpu")

@@ -7,7 +7,7 @@ Shapes: B = batch, T = video frames, A = 4T audio feature frames (4 per video fr
 Inputs are standardized per subject (zero mean, unit variance per dimension, the statistics live
 in the checkpoint), and so are the outputs: G1 gives PCA mouth coefficients divided by their
 training standard deviation, G2 gives the 58 talking coordinates minus their training mean,
-divided by their standard deviation. ``studio.train.checkpoint.MappingModel`` undoes both.
+divided by their standard deviation. ``studio.models.checkpoint.MappingModel`` undoes both.
 
 Architecture
 ------------

@@ -75,7 +75,7 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
     import pandas as pd
     from tqdm import tqdm
 
-    from studio.train.checkpoint import MappingModel
+    from studio.models.checkpoint import MappingModel
     from studio.train.evaluate import dubbing_pairs, evaluate
     from studio.train.mapping import train_mapping
 

@@ -43,7 +43,7 @@ import numpy as np
 from studio.data.clip import Clip
 from studio.errors import InputError
 from studio.face import layout
-from studio.train.checkpoint import MappingModel
+from studio.models.checkpoint import MappingModel
 from studio.train.windows import ClipArrays, clip_arrays, span_frames
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def track(clip: Clip, span: tuple[float, float] = (0.0, 1.0)) -> Track:
 def dub_landmarks(talk: np.ndarray, template: Track, index: np.ndarray) -> np.ndarray:
     """Predicted normalized talking points (N, 58) put into template frames ``index`` (N,):
     (N, 68, 2) pixels, the rest of each face from the template (what the renderer draws)."""
-    from studio.train.checkpoint import to_pixels
+    from studio.models.checkpoint import to_pixels
 
     pts = to_pixels(talk, template.centre[index], template.scale[index])
     return layout.with_talking(template.landmarks[index], pts.reshape(len(index), layout.TALK_DIM))
@@ -225,7 +225,7 @@ def dub_predict(model: MappingModel, speech: Track, template: Track) -> tuple[np
     """Dub ``speech``'s audio onto ``template`` as the studio does; returns (landmarks (N, 68, 2)
     in template pixels at the template's fps, template frame index (N,))."""
     from studio.metrics import resample
-    from studio.train.checkpoint import extend_template
+    from studio.models.checkpoint import extend_template
 
     n = max(1, int(round(speech.frames / speech.fps * template.fps)))
     audio = resample(speech.audio, 4 * speech.fps, 4 * n, 4 * template.fps).astype(np.float32)

@@ -50,7 +50,7 @@ def results_dir():
 
 def evaluate_speaker(prior_dir: Path, clips, seed: int, work: Path) -> list[dict]:
     """All methods on each clip of one held-out speaker -> rows."""
-    from studio.train import checkpoint as ck
+    from studio.models import checkpoint as ck
     from studio.train.evaluate import dubbing_pairs
     from studio.train.mapping import train_mapping
     from studio.train.prior import adapt_prior, fine_tune, finetune_plan

@@ -57,7 +57,7 @@ from studio.fsutil import atomic_path, write_json_atomic
 from studio.models import VARIANTS, model_config
 from studio.models import conditioning as cond
 from studio.models.conditioning import RigidCheek
-from studio.train import checkpoint as ck
+from studio.models import checkpoint as ck
 from studio.train.windows import ClipArrays, clip_arrays, gather, split_train_val, window_starts
 
 log = logging.getLogger(__name__)

@@ -228,7 +228,7 @@ def estimate_audio_shift(prior: str | os.PathLike[str], blocks, max_shift: int =
     footage's real one (frame-weighted r over the blocks; 0 unless it gains ``MIN_SHIFT_GAIN``).
     Uses the footage only -- never the speech being dubbed."""
     from studio.models.identity import shift_audio
-    from studio.train import checkpoint as ck
+    from studio.models import checkpoint as ck
     from studio.train.mapping import opening_features
     from studio.metrics import pearson
 
@@ -256,7 +256,7 @@ def adapt_prior(prior: str | os.PathLike[str], blocks, out: str | os.PathLike[st
     """A checkpoint folder that is the prior, predicting for the person of ``blocks`` (with the
     recording's ``audio_shift``, see :func:`estimate_audio_shift`)."""
     from studio.models import conditioning as cond
-    from studio.train import checkpoint as ck
+    from studio.models import checkpoint as ck
     from studio.train.mapping import _load_base, to_canonical, write_identity
 
     base = _load_base(prior, VARIANT)

@@ -113,12 +113,12 @@ def get_pipeline():
     global _pipeline
     with _pipeline_lock:
         if _pipeline is None:
-            from studio.manager import ModelManager
+            from studio.manager import default_manager
             from studio.media import MediaLimits
             from studio.pipeline import Pipeline, PipelineConfig
 
             config = PipelineConfig(limits=MediaLimits.from_env())  # STUDIO_MAX_* (see MediaLimits)
-            _pipeline = Pipeline(ModelManager(), config, work_dir=work_dir())
+            _pipeline = Pipeline(default_manager(), config, work_dir=work_dir())
         return _pipeline
 
 

@@ -183,7 +183,7 @@ def test_killed_mapping_training_resumes_to_the_same_model(env):
     from safetensors.numpy import load_file
 
     from studio.data.clip import Clip
-    from studio.train.checkpoint import MappingModel
+    from studio.models.checkpoint import MappingModel
     from studio.train.mapping import STATE_DIR, train_mapping
 
     base, e = env

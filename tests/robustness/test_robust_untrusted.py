@@ -154,7 +154,7 @@ def test_trapped_pca_and_retrieval_pool(tmp_path, marker):
 def test_trapped_weights_files(tmp_path, marker):
     """A pickle (or a zip "torch.save" archive) where safetensors are expected is refused."""
     from studio.models import build_model, model_config
-    from studio.train.checkpoint import load_weights
+    from studio.models.checkpoint import load_weights
 
     net = build_model(model_config("ours", {}))
     trapped = tmp_path / "model.safetensors"
