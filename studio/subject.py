@@ -294,16 +294,16 @@ def _embed_video(clip_dir: Path, video: Path):
     so that a subject folder is self-contained and can be moved or committed."""
     import shutil
 
-    from studio.data.clip import Clip
+    from studio.data.clip import CLIP_JSON, Clip
     from studio.fsutil import atomic_path
 
     target = clip_dir / f"video{video.suffix.lower() or '.mp4'}"
-    meta = json.loads((clip_dir / "clip.json").read_text())
+    meta = json.loads((clip_dir / CLIP_JSON).read_text())
     if meta.get("video") != target.name or not target.exists():
         with atomic_path(target) as tmp:
             shutil.copyfile(video, tmp)
         meta["video"] = target.name
-        write_json_atomic(clip_dir / "clip.json", meta)
+        write_json_atomic(clip_dir / CLIP_JSON, meta)
     return Clip.load(clip_dir)
 
 

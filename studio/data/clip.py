@@ -30,6 +30,7 @@ from studio.face.normalize import normalize
 from studio.fsutil import atomic_path
 
 CACHE_VERSION = 1
+CLIP_JSON = "clip.json"  # the clip folder's metadata, written last
 ARRAYS = ("landmarks", "found", "valid", "pose", "centre", "scale", "boxes", "audio")
 
 
@@ -138,7 +139,7 @@ class Clip:
                 else:
                     os.replace(content, tmp / name)
             meta = dataclasses.asdict(self.meta)
-            (tmp / "clip.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            (tmp / CLIP_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return dataclasses.replace(self, directory=directory)
 
     @classmethod
@@ -147,7 +148,7 @@ class Clip:
         directory = Path(directory)
         hint = f"Re-run `python -m studio preprocess` for this clip (or delete {directory})."
         try:
-            meta_raw = json.loads((directory / "clip.json").read_text())
+            meta_raw = json.loads((directory / CLIP_JSON).read_text())
         except FileNotFoundError:
             raise CheckpointError(f"{directory} is not a preprocessed clip (no clip.json).", hint) from None
         except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all

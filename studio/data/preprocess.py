@@ -32,7 +32,7 @@ import numpy as np
 from studio import media
 from studio.audio import SAMPLE_RATE, FEATURES_PER_VIDEO_FRAME, N_FILTERS, features_for_video
 from studio.config import from_dict, to_dict
-from studio.data.clip import CACHE_VERSION, Clip, ClipMeta
+from studio.data.clip import CACHE_VERSION, CLIP_JSON, Clip, ClipMeta
 from studio.errors import CheckpointError, InputError
 from studio.face.landmarks import BACKENDS, LandmarkConfig, make_backend
 from studio.face.layout import CONTOURS
@@ -76,7 +76,7 @@ def cache_key(video: Path, audio: Path | None, backend: str, config: PreprocessC
 
 
 def _cached(out_dir: Path, key: str, video: Path | None = None) -> Clip | None:
-    if not (out_dir / "clip.json").exists():
+    if not (out_dir / CLIP_JSON).exists():
         return None
     try:
         clip = Clip.load(out_dir)

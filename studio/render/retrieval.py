@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_SIZE = 256  # pixel settings below are given at this crop size and scale with it
 POOL_FORMAT = "lip-sync-studio/retrieval-pool"
+POOL_JSON = "pool.json"  # written last: a pool folder is complete when it is there
 POOL_VERSION = 1
 
 # Destination control points of the warp besides the 29 talking points.
@@ -328,7 +329,7 @@ class RetrievalPool:
             self.pca.save(tmp / "pca")
             meta = {"format": POOL_FORMAT, "version": POOL_VERSION, "size": self.size,
                     "frames": len(self), "jaw_scale": self.jaw_scale, "config": dataclasses.asdict(self.cfg)}
-            (tmp / "pool.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            (tmp / POOL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return directory
 
     @classmethod
@@ -340,7 +341,7 @@ class RetrievalPool:
         directory = Path(directory)
         hint = f"Rebuild the subject's retrieval pool (python -m studio make-subject), or delete {directory}."
         try:
-            meta = json.loads((directory / "pool.json").read_text())
+            meta = json.loads((directory / POOL_JSON).read_text())
             with np.load(directory / "pool.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except FileNotFoundError as exc:
@@ -356,7 +357,7 @@ class RetrievalPool:
                 raise CheckpointError(f"{directory}/pool.npz: {k} is missing or not of shape {shape}.", hint)
         if "jpeg" not in arrays or arrays["jpeg_index"][-1] != len(arrays["jpeg"]):
             raise CheckpointError(f"{directory}/pool.npz: the patch data is truncated.", hint)
-        cfg = from_dict(RetrievalConfig, meta.get("config"), where=str(directory / "pool.json"))
+        cfg = from_dict(RetrievalConfig, meta.get("config"), where=str(directory / POOL_JSON))
         return cls(int(meta["size"]), arrays["points"].astype(np.float32), arrays["offsets"],
                    arrays["sources"], arrays["jpeg"], arrays["jpeg_index"], MouthPCA.load(directory / "pca"),
                    float(meta["jaw_scale"]), cfg)

@@ -34,6 +34,9 @@ from studio.models import VARIANT_LABELS, VARIANTS
 
 log = logging.getLogger(__name__)
 
+RUNS_CSV = "runs.csv"  # one row per trained model (variant, seed), appended as they finish
+TABLE_CSV = "table.csv"
+
 TABLE_ORDER = ("no-pose", "g1-pose", "g2-pose", "ours", "no-cheek", "ours-paper", "lstm", "bilstm")
 LABELS = VARIANT_LABELS
 METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "train_cpu_seconds", "inference_seconds_5min", "mouth_rmse_px",
@@ -107,10 +110,10 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
         log.info("%s seed %d: mouth %.4g jaw %s train %.0f s", variant, seed, result["mouth_mse"],
                  result["jaw_mse"], result["train_seconds"])
         rows.append({"variant": variant, **{k: result.get(k) for k in ("seed", *METRICS, "frames", "target")}})
-        _write_csv(out / "runs.csv", pd.DataFrame(rows))
+        _write_csv(out / RUNS_CSV, pd.DataFrame(rows))
     runs = pd.DataFrame(rows)
     table = aggregate(runs)
-    _write_csv(out / "table.csv", table)
+    _write_csv(out / TABLE_CSV, table)
     with atomic_path(out / "table.md") as tmp:
         split = _split_text(test_clips, test_fraction) + f" Evaluation target: {'/'.join(sorted(set(runs['target'])))}."
         tmp.write_text(markdown_table(table, seeds=seeds, split=split))

@@ -63,6 +63,8 @@ from studio.train.windows import ClipArrays, clip_arrays, gather, split_train_va
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".train_state"
+STATE_JSON = "state.json"  # in STATE_DIR: the epoch history so far
+TRAIN_LOG_JSON = "train_log.json"  # the finished run's per-epoch history
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,7 @@ def _save_state(state_dir: Path, net, opt, info: dict) -> None:
     with atomic_path(state_dir) as tmp:
         tmp.mkdir(parents=True)
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-        write_json_atomic(tmp / "state.json", {**info, "param_groups": osd["param_groups"]})
+        write_json_atomic(tmp / STATE_JSON, {**info, "param_groups": osd["param_groups"]})
 
 
 def _load_state(state_dir: Path, net, opt) -> dict | None:
@@ -432,7 +434,7 @@ def _load_state(state_dir: Path, net, opt) -> dict | None:
     from safetensors.torch import load_file
 
     try:
-        info = json.loads((state_dir / "state.json").read_text())
+        info = json.loads((state_dir / STATE_JSON).read_text())
         tensors = load_file(str(state_dir / "state.safetensors"))
     except Exception:
         return None
@@ -758,7 +760,7 @@ def _read_json(path: Path) -> dict | None:
 def _write_log(out: Path, history: list[dict]) -> None:
     import pandas as pd
 
-    write_json_atomic(out / "train_log.json", history)
+    write_json_atomic(out / TRAIN_LOG_JSON, history)
     with atomic_path(out / "train_log.csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
 

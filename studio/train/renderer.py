@@ -50,7 +50,8 @@ from studio.render.neural import (NeuralRenderer, autocast, config_differences, 
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "train_state"
+STATE_DIR = ".train_state"  # the same name as the mapping trainer's
+SAMPLES_DIR = "samples"  # progress sheets, one per sample step
 PAIRS_VERSION = 1
 MOUTH_MARGIN = 0.25  # the mouth region: mouth-point box grown by this fraction of its size per side
 
@@ -488,7 +489,7 @@ def fit(trainer: RendererTrainer, train: Pairs, val: Pairs, out_dir: str | os.Pa
     def sample() -> None:
         out = to_images(trainer.generate(sample_x))
         sheet = sample_sheet(shown.maps[sample_idx], out, shown.crops[sample_idx])
-        write_image(out_dir / "samples" / f"step_{trainer.step:07d}.jpg", sheet)
+        write_image(out_dir / SAMPLES_DIR / f"step_{trainer.step:07d}.jpg", sheet)
 
     start = time.monotonic()
     saved_at = trainer.step

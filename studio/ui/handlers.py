@@ -676,7 +676,9 @@ def ablation_dir(subject_dir: str) -> Path:
     subject's ablation/ folder (a bundled subject may ship its results), else the run folder."""
     run = ablation_run_dir(subject_dir)
     own = Path(subject_dir) / "ablation"
-    if not (run / "table.csv").is_file() and (own / "table.csv").is_file():
+    from studio.train.ablate import TABLE_CSV
+
+    if not (run / TABLE_CSV).is_file() and (own / TABLE_CSV).is_file():
         return own
     return run
 
@@ -735,7 +737,9 @@ def ablation_results(subject_dir: str | None, variants: Sequence[str] | None = N
         return None, None, "Pick a subject."
     d = ablation_dir(check_subject(subject_dir))
     try:
-        table = pd.read_csv(d / "table.csv")
+        from studio.train.ablate import TABLE_CSV
+
+        table = pd.read_csv(d / TABLE_CSV)
     except (OSError, ValueError):
         return None, None, f"No ablation results for this subject yet (looked in `{d}`); press **Run ablation**."
     if variants:

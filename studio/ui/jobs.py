@@ -133,56 +133,67 @@ def _read_json(path: Path):
 
 def training_history(ckpt_dir: Path) -> list[dict]:
     """Per-epoch records of a mapping checkpoint folder, finished or in progress."""
-    done = _read_json(ckpt_dir / "train_log.json")
+    from studio.train.mapping import STATE_DIR, STATE_JSON, TRAIN_LOG_JSON
+
+    done = _read_json(ckpt_dir / TRAIN_LOG_JSON)
     if isinstance(done, list):
         return done
-    state = _read_json(ckpt_dir / ".train_state" / "state.json")
+    state = _read_json(ckpt_dir / STATE_DIR / STATE_JSON)
     return list(state.get("history", [])) if isinstance(state, dict) else []
 
 
 def subject_progress(out_dir: str | os.PathLike[str], n_videos: int, variants: Sequence[str],
                      neural: bool, max_epochs: int = 60) -> SubjectProgress:
     """How far a make-subject job in ``out_dir`` has come, from the files it wrote."""
+    from studio.data.clip import CLIP_JSON
+    from studio.models.checkpoint import CONFIG_NAME
+    from studio.render.neural import CONFIG_FILE as NEURAL_JSON
+    from studio.render.retrieval import POOL_JSON
+    from studio.subject import MANIFEST
+    from studio.train.renderer import SAMPLES_DIR
+
     out = Path(out_dir)
     n_stages = n_videos + len(variants) + 1 + int(neural)
-    clips = min(len(list(out.glob("clips/*/clip.json"))), n_videos)
+    clips = min(len(list(out.glob(f"clips/*/{CLIP_JSON}"))), n_videos)
     done: float = clips
     stage = f"preprocessing footage ({clips}/{n_videos})" if clips < n_videos else ""
     histories = {}
     for v in variants:
         hist = training_history(out / "mapping" / v)
         histories[v] = hist
-        if (out / "mapping" / v / "config.json").is_file():
+        if (out / "mapping" / v / CONFIG_NAME).is_file():
             done += 1
             continue
         done += min(0.99, len(hist) / max_epochs)
         if not stage:
             stage = f"training mapping '{v}': epoch {len(hist)}" if hist else f"training mapping '{v}'"
-    pool = (out / "retrieval" / "pool.json").is_file()
+    pool = (out / "retrieval" / POOL_JSON).is_file()
     done += int(pool)
     if not stage and not pool:
         stage = "building the retrieval pool"
     sample = None
     if neural:
-        samples = sorted((out / "neural" / "samples").glob("*.jpg"))
+        samples = sorted((out / "neural" / SAMPLES_DIR).glob("*.jpg"))
         sample = str(samples[-1]) if samples else None
-        if (out / "neural" / "renderer.json").is_file():
+        if (out / "neural" / NEURAL_JSON).is_file():
             done += 1
         elif not stage:
             stage = "training the neural renderer" + (f" ({samples[-1].stem})" if samples else "")
-    if (out / "subject.json").is_file() and done >= n_stages:
+    if (out / MANIFEST).is_file() and done >= n_stages:
         return SubjectProgress(1.0, "done", histories, sample)
     return SubjectProgress(min(0.99, done / n_stages), stage or "finishing", histories, sample)
 
 
 def ablation_progress(out_dir: str | os.PathLike[str], n_models: int) -> tuple[float, str]:
     """(fraction, text) of an ablate job from its runs.csv."""
-    runs = Path(out_dir) / "runs.csv"
+    from studio.train.ablate import RUNS_CSV, TABLE_CSV
+
+    runs = Path(out_dir) / RUNS_CSV
     try:
         finished = max(0, len(runs.read_text().strip().splitlines()) - 1)
     except OSError:
         finished = 0
-    if (Path(out_dir) / "table.csv").is_file() and finished >= n_models:
+    if (Path(out_dir) / TABLE_CSV).is_file() and finished >= n_models:
         return 1.0, "done"
     return min(0.99, finished / max(1, n_models)), f"trained and evaluated {finished} of {n_models} models"
 
