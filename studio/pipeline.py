@@ -25,10 +25,9 @@ import logging
 import os
 import tempfile
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -38,6 +37,7 @@ from studio.edits import Edits, apply_edits, closed_mouth_shape
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face import layout
 from studio.fsutil import sha256_file
+from studio.lru import LRU
 from studio.manager import ModelManager, default_manager
 from studio.subject import ALL_VARIANTS, Subject
 
@@ -109,28 +109,6 @@ class Landmarks:
     fps: float
 
 
-class _LRU:
-    """A small thread-safe LRU dict for data (not models)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._d: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        value = make()  # outside the lock: two threads may both compute; both get a valid value
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-        return value
-
-
 class Pipeline:
     """Speech + template + subject + edits -> dubbed video. Safe to share between threads."""
 
@@ -139,9 +117,9 @@ class Pipeline:
         self.manager = manager or default_manager()  # STUDIO_MODEL_MEMORY_MB, STUDIO_DEVICE
         self.config = config
         self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / "lip-sync-studio")
-        self._speech = _LRU(config.cache_items)
-        self._templates = _LRU(config.cache_items)
-        self._predictions = _LRU(config.cache_items)
+        self._speech = LRU(config.cache_items)
+        self._templates = LRU(config.cache_items)
+        self._predictions = LRU(config.cache_items)
         self._building: dict[str, threading.Lock] = {}
         self._building_lock = threading.Lock()
 

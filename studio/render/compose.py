@@ -26,11 +26,10 @@ import cv2
 import numpy as np
 
 from studio.errors import CancelledError, InputError
+from studio.render import REFERENCE_SIZE
 from studio.render.crop import CropTrack
 
 log = logging.getLogger(__name__)
-
-REFERENCE_SIZE = 256  # px settings are given at a 256 px crop and scale with the crop size
 
 
 @dataclass(frozen=True)

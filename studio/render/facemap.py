@@ -27,10 +27,10 @@ import cv2
 import numpy as np
 
 from studio.face import layout
+from studio.render import REFERENCE_SIZE
 
 log = logging.getLogger(__name__)
 
-REFERENCE_SIZE = 256  # the size at which line_width and dilation are given
 LIP_CONTOURS = ("outer_lip", "inner_lip")
 
 

@@ -59,10 +59,10 @@ from studio.face import layout
 from studio.face.normalize import face_scale, nose_centre
 from studio.fsutil import atomic_path
 from studio.render.compose import feathered_mask
+from studio.render import REFERENCE_SIZE
 
 log = logging.getLogger(__name__)
 
-REFERENCE_SIZE = 256  # pixel settings below are given at this crop size and scale with it
 POOL_FORMAT = "lip-sync-studio/retrieval-pool"
 POOL_JSON = "pool.json"  # written last: a pool folder is complete when it is there
 POOL_VERSION = 1

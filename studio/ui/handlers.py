@@ -19,9 +19,7 @@ import functools
 import inspect
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +31,7 @@ from studio import media
 from studio.edits import Edits, VadConfig, jaw_opening, mouth_opening, voice_activity_from_energy
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face.layout import MOUTH_DIM, PCA_DIM
+from studio.lru import LRU
 from studio.subject import ALL_VARIANTS, VARIANT_LABELS
 from studio.ui import jobs, views
 from studio.ui.session import (
@@ -101,29 +100,8 @@ def _need_prediction(state: DubState) -> None:
 
 # -- small caches -----------------------------------------------------------------------------------
 
-class _LRU:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-
-_tracks = _LRU(8)  # template sha -> CropTrack over the template's own frames
-_faces = _LRU(256)  # (template sha, template frame) -> (DISPLAY, DISPLAY, 3) zoomed face
+_tracks = LRU(8)  # template sha -> CropTrack over the template's own frames
+_faces = LRU(256)  # (template sha, template frame) -> (DISPLAY, DISPLAY, 3) zoomed face
 
 
 # -- subjects ---------------------------------------------------------------------------------------
