@@ -279,16 +279,18 @@ def _points(talk: np.ndarray) -> np.ndarray:
     return t.reshape(*t.shape[:-1], N_TALKING, 2)
 
 
-def mouth_opening(talk: np.ndarray) -> np.ndarray:
-    """(..., 58) -> (...,): mean inner-lip gap (lower minus upper y), as ``layout.mouth_opening``."""
+def talk_mouth_gap(talk: np.ndarray) -> np.ndarray:
+    """(..., 58) talking vectors -> (...,): mean inner-lip gap (lower minus upper y); the same
+    measure as ``layout.mouth_opening`` of 68 points."""
     p = _points(talk)
     up = p[..., [_M[a] for a, _ in INNER_LIP_PAIRS], 1]
     lo = p[..., [_M[b] for _, b in INNER_LIP_PAIRS], 1]
     return (lo - up).mean(axis=-1)
 
 
-def jaw_opening(talk: np.ndarray) -> np.ndarray:
-    """(..., 58) normalized -> (...,): the chin's distance from the nose centre (the origin)."""
+def talk_chin_distance(talk: np.ndarray) -> np.ndarray:
+    """(..., 58) normalized -> (...,): the chin's distance from the nose centre (the origin of
+    normalized coordinates; ``layout.jaw_opening`` measures from the nose tip instead)."""
     return np.linalg.norm(_points(talk)[..., _CHIN, :], axis=-1)
 
 
@@ -302,9 +304,9 @@ def closed_mouth_shape(talk: np.ndarray, percentile: float = 10.0) -> np.ndarray
     t = np.asarray(talk, dtype=np.float32)
     if t.ndim != 2 or t.shape[1] != TALK_DIM or t.shape[0] == 0:
         raise ValueError(f"expected (N, {TALK_DIM}) talking vectors with N > 0, got {t.shape}")
-    opening = mouth_opening(t)
+    opening = talk_mouth_gap(t)
     candidates = np.flatnonzero(opening <= np.percentile(opening, percentile))
-    jaw = jaw_opening(t[candidates])
+    jaw = talk_chin_distance(t[candidates])
     best = candidates[int(np.argmin(np.abs(jaw - np.median(jaw))))]
     return t[best].copy()
 

@@ -14,8 +14,8 @@ from studio.edits import (
     Edits,
     apply_edits,
     closed_mouth_shape,
-    jaw_opening,
-    mouth_opening,
+    talk_chin_distance,
+    talk_mouth_gap,
     range_weights,
     voice_activity,
     voice_activity_from_energy,
@@ -120,7 +120,7 @@ def test_pca_gain_scales_a_coefficient_and_keeps_the_residual(talk, pca):
 
 def test_mouth_open_gain_scales_the_gap_and_moves_only_the_lips(talk):
     out = apply_edits(talk, Edits(mouth_open_gain=2.0), None)
-    np.testing.assert_allclose(mouth_opening(out), 2.0 * mouth_opening(talk), rtol=0.03, atol=1e-3)
+    np.testing.assert_allclose(talk_mouth_gap(out), 2.0 * talk_mouth_gap(talk), rtol=0.03, atol=1e-3)
     assert np.array_equal(out[:, JAW], talk[:, JAW])
     pts_in = talk.reshape(-1, 29, 2)
     pts_out = out.reshape(-1, 29, 2)
@@ -130,14 +130,14 @@ def test_mouth_open_gain_scales_the_gap_and_moves_only_the_lips(talk):
     k57, k66 = layout.MOUTH.index(57), layout.MOUTH.index(66)
     np.testing.assert_allclose(pts_out[:, k57] - pts_out[:, k66], pts_in[:, k57] - pts_in[:, k66], atol=1e-5)
     closed = apply_edits(talk, Edits(mouth_open_gain=0.0), None)
-    assert np.abs(mouth_opening(closed)).max() < 0.02 * np.abs(mouth_opening(talk)).max()
+    assert np.abs(talk_mouth_gap(closed)).max() < 0.02 * np.abs(talk_mouth_gap(talk)).max()
 
 
 def test_jaw_gain_and_offset_move_only_the_jaw(talk):
     chin = 8  # jaw point 4 of 9 = iBUG 8
     wider = apply_edits(talk, Edits(jaw_open_gain=2.0), None)
     assert np.array_equal(wider[:, MOUTH], talk[:, MOUTH])
-    d_in, d_out = jaw_opening(talk), jaw_opening(wider)
+    d_in, d_out = talk_chin_distance(talk), talk_chin_distance(wider)
     rest = np.percentile(d_in, 5)
     moving = d_in > rest + 0.02
     assert np.all(d_out[moving] > d_in[moving])
@@ -172,7 +172,7 @@ def test_jawline_smoothing_removes_wiggles_but_keeps_the_curve(talk):
 
     assert wiggle(out) < 0.3 * wiggle(wiggly)
     # The contour's overall curve (its cubic part) is kept, so the chin hardly moves.
-    np.testing.assert_allclose(jaw_opening(out), jaw_opening(wiggly), atol=0.03)
+    np.testing.assert_allclose(talk_chin_distance(out), talk_chin_distance(wiggly), atol=0.03)
     smooth = apply_edits(talk, Edits(jawline_smoothing=1.5), None)
     np.testing.assert_allclose(smooth, talk, atol=0.05)  # a smooth contour stays nearly as it was
 
@@ -229,9 +229,9 @@ def test_close_on_silence_closes_the_mouth_in_a_1s_gap(talk, pca):
     out = apply_edits(seq, Edits(close_on_silence=True), pca, speech_energy=energy, closed_shape=closed, fps=FPS)
     frames = np.arange(n) / FPS
     gap = (frames >= 3.5 + 0.2) & (frames < 4.5 - 0.2)
-    p10 = np.percentile(mouth_opening(seq), 10)
-    assert np.all(mouth_opening(out)[gap] < p10)
-    assert mouth_opening(seq)[gap].mean() > 1.5 * p10  # it was open there before
+    p10 = np.percentile(talk_mouth_gap(seq), 10)
+    assert np.all(talk_mouth_gap(out)[gap] < p10)
+    assert talk_mouth_gap(seq)[gap].mean() > 1.5 * p10  # it was open there before
     # Away from the gap nothing changes.
     far = (frames < 3.2) | (frames > 4.8)
     assert np.array_equal(out[far], seq[far])
@@ -240,7 +240,7 @@ def test_close_on_silence_closes_the_mouth_in_a_1s_gap(talk, pca):
 def test_closed_mouth_shape_is_a_real_low_opening_frame(talk):
     shape = closed_mouth_shape(talk)
     assert any(np.array_equal(shape, row) for row in talk)
-    assert mouth_opening(shape) <= np.percentile(mouth_opening(talk), 10)
+    assert talk_mouth_gap(shape) <= np.percentile(talk_mouth_gap(talk), 10)
 
 
 def test_close_on_silence_needs_its_inputs(talk):
@@ -256,8 +256,8 @@ def test_frame_range_limits_the_effect(talk):
     assert np.array_equal(out[120:], talk[120:])
     full = apply_edits(talk, Edits(mouth_open_gain=2.0), None)
     np.testing.assert_array_equal(out[60:110], full[60:110])  # full effect away from the ramps
-    ramp = np.abs(mouth_opening(out[50:54]) - mouth_opening(talk[50:54]))
-    assert np.all(ramp < np.abs(mouth_opening(full[50:54]) - mouth_opening(talk[50:54])) + 1e-7)
+    ramp = np.abs(talk_mouth_gap(out[50:54]) - talk_mouth_gap(talk[50:54]))
+    assert np.all(ramp < np.abs(talk_mouth_gap(full[50:54]) - talk_mouth_gap(talk[50:54])) + 1e-7)
 
 
 def test_range_weights_ramps():

@@ -28,7 +28,7 @@ import gradio as gr
 import numpy as np
 
 from studio import media
-from studio.edits import Edits, VadConfig, jaw_opening, mouth_opening, voice_activity_from_energy
+from studio.edits import Edits, VadConfig, talk_chin_distance, talk_mouth_gap, voice_activity_from_energy
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face.layout import MOUTH_DIM, PCA_DIM
 from studio.lru import LRU
@@ -274,10 +274,10 @@ def timeline(state: DubState, frame: int | None = None):
     coefs = np.asarray(pca.transform(lms.talk[:, :MOUTH_DIM].astype(np.float32)))
     voiced = voice_activity_from_energy(pred.energy, pred.fps,
                                         VadConfig(threshold_db=state.edits.silence_threshold))
-    return views.timeline_figure(pred.fps, mouth_opening(lms.talk), jaw_opening(lms.talk), coefs,
+    return views.timeline_figure(pred.fps, talk_mouth_gap(lms.talk), talk_chin_distance(lms.talk), coefs,
                                  tpl.pose[lms.frame_index], voiced,
                                  None if frame is None else _clamp_frame(state, frame),
-                                 mouth_net=mouth_opening(pred.talk), jaw_net=jaw_opening(pred.talk))
+                                 mouth_net=talk_mouth_gap(pred.talk), jaw_net=talk_chin_distance(pred.talk))
 
 
 @user_errors

@@ -113,9 +113,9 @@ def _identity(r: Result) -> None:
 
 
 def _edits_applied(r: Result) -> None:
-    from studio.edits import mouth_opening
+    from studio.edits import talk_mouth_gap
 
-    assert mouth_opening(r.lms.talk).mean() > mouth_opening(r.prediction.talk).mean()
+    assert talk_mouth_gap(r.lms.talk).mean() > talk_mouth_gap(r.prediction.talk).mean()
 
 
 M = rm  # builders
