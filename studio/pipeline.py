@@ -278,23 +278,29 @@ class Pipeline:
             raise InputError(f"Unknown renderer {name!r}.", f"Use one of {list(RENDERERS)}.")
         return self.retrieval(subject) if name == "retrieval" else self.neural(subject)
 
-    def facemap(self, template, lms: Landmarks, i: int, facemap_cfg=None) -> np.ndarray:
-        """The synthetic facial map of output frame ``i`` at ``render_size``: (S, S, 3) uint8."""
-        from studio.render.crop import CropTrack
+    def facemap(self, template, lms: Landmarks, i: int, facemap_cfg=None, *, subject: Subject | None = None,
+                renderer: str = "retrieval") -> np.ndarray:
+        """The synthetic facial map of output frame ``i``: (S, S, 3) uint8, built from the same
+        frame inputs as rendering (``studio.render.base.frame_inputs``). For the neural renderer
+        (``subject`` given) it is exactly that renderer's input: its crop, size and map settings
+        (``facemap_cfg`` is then ignored); otherwise drawn with ``facemap_cfg`` at ``render_size``."""
+        from studio.render.base import frame_inputs, sequence_track
+        from studio.render.crop import CropConfig
         from studio.render.facemap import FacemapConfig, facial_map
 
-        cfg = facemap_cfg or FacemapConfig()
         i = _check_frame(i, lms)
-        size = self.config.render_size
-        track = CropTrack.from_landmarks(lms.template, (template.meta.width, template.meta.height))
+        if renderer == "neural" and subject is not None:
+            engine = self.neural(subject)
+            crop_config, size, cfg = engine.crop_config, engine.size, engine.facemap_config
+        else:
+            crop_config, size, cfg = CropConfig(), self.config.render_size, facemap_cfg or FacemapConfig()
+        track = sequence_track(crop_config, lms, template)
         frame = next(self.template_frames(template, lms.frame_index, i, i + 1))
-        crop = track.crop(frame, i, size)
-        tpl = track.to_crop(lms.template[i], i, size)
-        pred = layout.talking_vector(track.to_crop(lms.points[i], i, size))
-        return facial_map(crop, tpl, pred, cfg)
+        inputs = frame_inputs(track, frame, lms, i, size)
+        return facial_map(inputs.crop, inputs.template_points, inputs.talk, cfg)
 
     def render_frames(self, subject: Subject, template, lms: Landmarks, renderer: str = "retrieval",
-                      start: int = 0, stop: int | None = None, *, facemap_cfg=None,
+                      start: int = 0, stop: int | None = None, *,
                       cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
         """Full output frames ``start..stop`` (RGB uint8, template resolution), streamed.
 
@@ -313,7 +319,7 @@ class Pipeline:
         i = start
         try:
             for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
-                                         size=self.config.render_size, facemap_cfg=facemap_cfg):
+                                         size=self.config.render_size):
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("Rendering was cancelled.", "Start it again when ready.")
                 yield frame
@@ -334,19 +340,19 @@ class Pipeline:
                              "rebuild the subject.")
 
     def preview_frame(self, subject: Subject, template, lms: Landmarks, i: int,
-                      renderer: str = "retrieval", facemap_cfg=None) -> np.ndarray:
+                      renderer: str = "retrieval") -> np.ndarray:
         i = _check_frame(i, lms)
-        return next(self.render_frames(subject, template, lms, renderer, i, i + 1, facemap_cfg=facemap_cfg))
+        return next(self.render_frames(subject, template, lms, renderer, i, i + 1))
 
     def render(self, subject: Subject, template, speech: Speech, lms: Landmarks, out_path: str | os.PathLike[str],
-               renderer: str = "retrieval", *, facemap_cfg=None, progress: Progress | None = None,
+               renderer: str = "retrieval", *, progress: Progress | None = None,
                cancel: threading.Event | None = None) -> Path:
         """Render every frame and write an H.264/AAC mp4 with the speech (atomic: temp + rename)."""
         n = lms.points.shape[0]
         size = (template.meta.width, template.meta.height)
         report = progress or (lambda f, d: None)
         with media.VideoWriter(out_path, lms.fps, size, audio=speech.signal) as writer:
-            frames = self.render_frames(subject, template, lms, renderer, facemap_cfg=facemap_cfg, cancel=cancel)
+            frames = self.render_frames(subject, template, lms, renderer, cancel=cancel)
             # frames are rendered in another thread while this one feeds the encoder
             for k, frame in enumerate(media.prefetch(frames, 4)):
                 writer.write(frame)

@@ -163,3 +163,35 @@ def test_render_sequence_retrieval_matches_preview(clip_like):
     one = list(render_sequence(renderer, iter(frames[5:6]), lms, template, start=5, stop=6, size=S))
     np.testing.assert_array_equal(one[0], full[5])
     assert (full[5] != frames[5]).any()
+
+
+def test_both_renderers_follow_one_interface_and_the_neural_one_renders_through_it(clip_like):
+    """A tiny neural renderer (random weights) goes through the same sequence path as retrieval:
+    same inputs (``frame_inputs``), same output type, frames without a face passed through."""
+    from types import SimpleNamespace
+
+    from studio.models.renderer import RendererConfig, build_generator
+    from studio.render.base import Renderer, frame_inputs, sequence_track
+    from studio.render.neural import NeuralRenderer
+
+    frames, pts, retrieval = clip_like
+    t = len(frames)
+    talk_px = np.stack([layout.talking_vector(face_points(150 + i, 110, 28, opening=0.9)) for i in range(t)])
+    lms = SimpleNamespace(points=layout.with_talking(pts, talk_px), template=pts, frame_index=np.arange(t), fps=25.0)
+    valid = np.ones(t, bool)
+    valid[2] = False
+    template = SimpleNamespace(valid=valid, meta=SimpleNamespace(width=W, height=H))
+    cfg = RendererConfig.for_size(64, ngf=8)
+    neural = NeuralRenderer(build_generator(cfg), cfg, "cpu")
+    for engine in (retrieval, neural):
+        assert isinstance(engine, Renderer)
+        size = engine.render_size(S)
+        track = sequence_track(engine.crop_config, lms, template)
+        out = engine.draw(frame_inputs(track, frames[4], lms, 4, size), 4, engine.prepare(lms, track))
+        assert out.image.shape == (size, size, 3) and out.mask.shape == (size, size)
+        assert 0.0 <= float(out.mask.min()) and float(out.mask.max()) <= 1.0
+    assert neural.render_size(S) == 64  # a network renders at the size it was built for
+    seq = list(render_sequence(neural, iter(frames), lms, template, size=S))
+    assert len(seq) == t and seq[0].shape == frames[0].shape
+    np.testing.assert_array_equal(seq[2], frames[2])
+    assert (seq[4] != frames[4]).any()

@@ -154,54 +154,29 @@ def export(path: str | os.PathLike[str], frames: Iterable[np.ndarray],
 
 
 def render_sequence(engine, frames: Iterable[np.ndarray], lms, template, *, start: int = 0,
-                    stop: int | None = None, size: int = 256, facemap_cfg=None,
+                    stop: int | None = None, size: int = 256,
                     cfg: ComposeConfig = ComposeConfig()) -> Iterator[np.ndarray]:
     """Render and compose output frames ``start..stop`` (streamed, RGB uint8, template size).
 
-    engine: a :class:`~studio.render.retrieval.RetrievalRenderer` or a
-    :class:`~studio.render.neural.NeuralRenderer`; frames: the template frames of output frames
-    start..stop, in order; lms: ``studio.pipeline.Landmarks`` (points / template (T, 68, 2) frame
-    px, frame_index (T,)); template: the template Clip (size, and ``valid`` per frame: frames
-    without a face pass through). The crop track and the retrieval picks are computed over the
+    engine: a renderer (``studio.render.base.Renderer``); frames: the template frames of output
+    frames start..stop, in order; lms: ``studio.pipeline.Landmarks`` (points / template (T, 68, 2)
+    frame px, frame_index (T,)); template: the template Clip (size, and ``valid`` per frame:
+    frames without a face pass through). The crop track and the renderer's preparation cover the
     whole sequence, so a preview of frame i equals frame i of the full render.
     """
-    from studio.face import layout
-    from studio.render.facemap import FacemapConfig, facial_map, lower_face_mask
+    from studio.render.base import frame_inputs, sequence_track
 
     t = lms.points.shape[0]
     stop = t if stop is None else min(stop, t)
-    neural = hasattr(engine, "facemap_config")
-    crop_cfg = engine.crop_config if neural else None
-    if neural and engine.size != size:
-        log.info("the neural renderer works at %d px; rendering at %d instead of %d", engine.size,
-                 engine.size, size)
-        size = engine.size
-    fcfg = facemap_cfg or (engine.facemap_config if neural else FacemapConfig())
-    valid = np.asarray(template.valid)[np.asarray(lms.frame_index)]
-    from studio.render.crop import CropConfig
-
-    track = CropTrack.from_landmarks(lms.template, (template.meta.width, template.meta.height),
-                                     crop_cfg or CropConfig(), valid=valid)
-    picks = None if neural else engine.pick(lms.template, layout.talking_vector(lms.points))
+    size = engine.render_size(size)
+    track = sequence_track(engine.crop_config, lms, template)
+    state = engine.prepare(lms, track)
     for i, frame in zip(range(start, stop), frames):
         if not track.valid[i]:
             yield frame
             continue
-        crop = track.crop(frame, i, size)
-        tp = track.to_crop(lms.template[i], i, size)
-        dst = track.to_crop(lms.points[i], i, size)
-        pred = layout.talking_vector(dst)
-        if neural:
-            fmap = facial_map(crop, tp, pred, fcfg)
-            lower = (lower_face_mask(tp, pred, size, fcfg.dilation * size / REFERENCE_SIZE)
-                     if engine.cfg.with_template else None)
-            image = engine.render_frame(crop, fmap, lower)
-            hulls = [cv2.convexHull(p.astype(np.float32)).reshape(-1, 2) for p in (tp, dst)]
-            px = size / REFERENCE_SIZE
-            mask = feathered_mask(hulls, (0, 0, size, size), cfg.face_dilation * px, cfg.face_feather * px)
-        else:
-            image, mask, _ = engine.render_frame(crop, tp, pred, int(picks[i]))
-        yield compose_frame(frame, image, track, i, mask, cfg)
+        out = engine.draw(frame_inputs(track, frame, lms, i, size), i, state)
+        yield compose_frame(frame, out.image, track, i, out.mask, cfg)
 
 
 def _unpack(item: object) -> tuple[np.ndarray | None, np.ndarray | None]:

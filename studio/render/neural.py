@@ -245,6 +245,38 @@ class NeuralRenderer:
                 out.append(to_images(self.generator(t)))
         return np.concatenate(out) if out else np.zeros((0, self.size, self.size, 3), np.uint8)
 
+    # -- the renderer interface (studio.render.base) ----------------------------------------------
+    def render_size(self, requested: int) -> int:
+        if requested != self.size:
+            log.info("the neural renderer works at %d px; rendering at %d instead of %d", self.size, self.size,
+                     requested)
+        return self.size
+
+    def prepare(self, lms, track) -> None:
+        return None  # frame by frame: nothing over the sequence
+
+    def draw(self, inputs, i: int, state: None = None):
+        """A facial map drawn with the renderer's own settings (those it was trained with) ->
+        the rendered crop and where it changed the template (both faces' hulls, feathered)."""
+        import cv2
+
+        from studio.render import REFERENCE_SIZE
+        from studio.render.base import Rendered
+        from studio.render.compose import ComposeConfig, feathered_mask
+        from studio.render.facemap import facial_map, lower_face_mask
+
+        fcfg = self.facemap_config
+        size = inputs.crop.shape[0]
+        px = size / REFERENCE_SIZE
+        fmap = facial_map(inputs.crop, inputs.template_points, inputs.talk, fcfg)
+        lower = (lower_face_mask(inputs.template_points, inputs.talk, size, fcfg.dilation * px)
+                 if self.cfg.with_template else None)
+        image = self.render_frame(inputs.crop, fmap, lower)
+        hulls = [cv2.convexHull(p.astype(np.float32)).reshape(-1, 2) for p in (inputs.template_points, inputs.points)]
+        cc = ComposeConfig()
+        mask = feathered_mask(hulls, (0, 0, size, size), cc.face_dilation * px, cc.face_feather * px)
+        return Rendered(image, mask)
+
     def render_frame(self, template_crop: np.ndarray, facemap: np.ndarray,
                      lower_face: np.ndarray | None = None) -> np.ndarray:
         """One frame, in the renderers' common argument order: template crop (S, S, 3) uint8,

@@ -60,6 +60,7 @@ from studio.face.normalize import face_scale, nose_centre
 from studio.fsutil import atomic_path
 from studio.render.compose import feathered_mask
 from studio.render import REFERENCE_SIZE
+from studio.render.base import FrameInputs, Rendered
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +110,6 @@ class RetrievalConfig:
             raise ValueError("min_pool_frames must be >= 1")
         if self.fill_margin < 0 or self.fill_ramp <= 0:
             raise ValueError("fill_margin must be >= 0 and fill_ramp > 0")
-
-
-class Rendered(NamedTuple):
-    """One rendered crop: image (S, S, 3) uint8; mask (S, S) float32 in [0, 1] (where it changed
-    the template); pool_index: the pool frame used."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    pool_index: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -821,6 +813,23 @@ class RetrievalRenderer:
         mask = np.zeros((size, size), np.float32)
         mask[y0:y1, x0:x1] = alpha
         return Rendered(out, mask, int(index))
+
+    # -- the renderer interface (studio.render.base) ----------------------------------------------
+    @property
+    def crop_config(self):
+        from studio.render.crop import CropConfig
+
+        return CropConfig()
+
+    def render_size(self, requested: int) -> int:
+        return int(requested)  # any size: pool patches are warped to the crop
+
+    def prepare(self, lms, track) -> np.ndarray:
+        """The pool frame of every output frame (Viterbi over the whole sequence): (T,) int64."""
+        return self.pick(lms.template, layout.talking_vector(lms.points))
+
+    def draw(self, inputs: FrameInputs, i: int, state: np.ndarray) -> Rendered:
+        return self.render_frame(inputs.crop, inputs.template_points, inputs.talk, int(state[i]))
 
     def render(self, template_crops: Iterable[np.ndarray], template_points: np.ndarray,
                predicted_talk: np.ndarray, picks: np.ndarray | None = None,

@@ -341,7 +341,7 @@ def build_pairs(clip_dir: str | os.PathLike[str], size: int, cache_dir: str | os
     cached as ``cache_dir/<clip>-<size>-<key>.npz`` (key: clip hash + settings)."""
     from studio import media
     from studio.data.clip import Clip
-    from studio.render.crop import CropConfig, CropTrack
+    from studio.render.crop import CropConfig
 
     fm = _facemap_lib()
     facemap_cfg = facemap_cfg or fm.FacemapConfig()
@@ -356,8 +356,15 @@ def build_pairs(clip_dir: str | os.PathLike[str], size: int, cache_dir: str | os
                              (name,))
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             log.warning("pair cache %s is unreadable (%s); rebuilding it", path, exc)
-    track = CropTrack.from_landmarks(clip.landmarks, (clip.meta.width, clip.meta.height), crop_cfg,
-                                     valid=clip.valid)
+    from types import SimpleNamespace
+
+    from studio.render.base import frame_inputs, sequence_track
+
+    # the clip's own frames as an output sequence that says what it shows: the renderer learns
+    # from the very inputs it gets when dubbing (studio.render.base.frame_inputs)
+    own = SimpleNamespace(template=clip.landmarks.astype(np.float32), points=clip.landmarks.astype(np.float32),
+                          frame_index=np.arange(clip.meta.frames))
+    track = sequence_track(crop_cfg, own, clip)
     wanted = clip.found & clip.valid
     n = int(wanted.sum())
     maps = np.zeros((n, size, size, 3), np.uint8)
@@ -373,9 +380,9 @@ def build_pairs(clip_dir: str | os.PathLike[str], size: int, cache_dir: str | os
             break
         if not wanted[i]:
             continue
-        crops[k] = track.crop(frame, i, size)
-        points[k] = track.to_crop(clip.landmarks[i].astype(np.float32), i, size)
-        maps[k] = fm.facial_map(crops[k], points[k], layout.talking_vector(points[k]), facemap_cfg)
+        inputs = frame_inputs(track, frame, own, i, size)
+        crops[k], points[k] = inputs.crop, inputs.template_points
+        maps[k] = fm.facial_map(inputs.crop, inputs.template_points, inputs.talk, facemap_cfg)
         k += 1
     if k < n:  # the video decoded fewer frames than the clip cache lists
         log.warning("%s: only %d of %d frames decoded", clip.video_path, k, n)

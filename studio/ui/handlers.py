@@ -445,7 +445,8 @@ def _facemap_cfg(low: float, high: float):
 
 @user_errors
 def facemap(state: DubState, frame: int, canny_low: float, canny_high: float) -> np.ndarray:
-    """The synthetic facial map the renderer gets for output frame ``frame``."""
+    """The synthetic facial map of output frame ``frame`` (the Canny thresholds shape this view;
+    a trained neural renderer always draws its maps with the settings it was trained with)."""
     pipe, _, tpl = _loaded(state)
     return pipe.facemap(tpl, state.lms, _clamp_frame(state, frame), _facemap_cfg(canny_low, canny_high))
 
@@ -454,8 +455,7 @@ def facemap(state: DubState, frame: int, canny_low: float, canny_high: float) ->
 def preview_frame(state: DubState, frame: int, renderer: str, canny_low: float, canny_high: float) -> np.ndarray:
     """Render one output frame (full template resolution) -> image."""
     pipe, subject, tpl = _loaded(state)
-    return pipe.preview_frame(subject, tpl, state.lms, _clamp_frame(state, frame), renderer or "retrieval",
-                              facemap_cfg=_facemap_cfg(canny_low, canny_high))
+    return pipe.preview_frame(subject, tpl, state.lms, _clamp_frame(state, frame), renderer or "retrieval")
 
 
 def _output_path(state: DubState, stem: str, suffix: str) -> Path:
@@ -487,7 +487,7 @@ def render_range(state: DubState, start: int, stop: int, renderer: str, canny_lo
     size = (tpl.meta.width, tpl.meta.height)
     with media.VideoWriter(out, fps, size, audio=audio if len(audio) else None) as writer:
         for k, img in enumerate(pipe.render_frames(subject, tpl, state.lms, renderer or "retrieval", start, stop,
-                                                   facemap_cfg=_facemap_cfg(canny_low, canny_high), cancel=cancel)):
+                                                   cancel=cancel)):
             writer.write(img)
             progress((k + 1) / (stop - start), desc=f"frame {start + k + 1}/{stop}")
     return str(out)
@@ -503,7 +503,7 @@ def render_full(state: DubState, renderer: str, canny_low: float, canny_high: fl
     out = _output_path(state, "dub", ".mp4")
     progress(0.0, desc="rendering")
     pipe.render(subject, tpl, sp, state.lms, out, renderer or "retrieval",
-                facemap_cfg=_facemap_cfg(canny_low, canny_high), progress=_reporter(progress), cancel=cancel)
+                progress=_reporter(progress), cancel=cancel)
     csv = landmarks_csv(state)
     state = state.replace(outputs=state.outputs + (str(out),))
     return state, str(out), str(out), csv
