@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-subject": ("studio.subject", "build a subject folder from footage of one person"),
     "dub": ("studio.pipeline", "dub a template video with new speech"),
     "sync-check": ("studio.sync", "score a rendered dub's mouth against the real video of its speech (JSON on the last line)"),
+    "quality": ("studio.render.quality", "flicker, sharpness and seam of a rendered dub against a real video (JSON on the last line)"),
     "bench": ("studio.bench", "measure speed and memory of every stage -> JSON + markdown report"),
 }
 

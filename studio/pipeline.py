@@ -120,6 +120,7 @@ class Pipeline:
         self._speech = LRU(config.cache_items)
         self._templates = LRU(config.cache_items)
         self._predictions = LRU(config.cache_items)
+        self._prepared = LRU(config.cache_items)  # (landmarks, renderer) -> crop track + renderer state
         self._building: dict[str, threading.Lock] = {}
         self._building_lock = threading.Lock()
 
@@ -307,19 +308,27 @@ class Pipeline:
         A failure names the output frame it happened at; a template video that ends early (changed
         or damaged since it was preprocessed) is an InputError, never a silently shorter video.
         """
-        from studio.render.compose import render_sequence
+        from studio.render.compose import prepare_sequence, render_sequence
 
         stop = lms.points.shape[0] if stop is None else min(stop, lms.points.shape[0])
         if not 0 <= start < stop:
             raise InputError(f"Frame range {start}..{stop} is empty.", f"Pick frames in 0..{lms.points.shape[0] - 1}.")
         engine = self.renderer(subject, renderer)
+        # what the whole sequence shares (crop track, retrieval picks) is computed once per
+        # landmarks: previews of other frames reuse it (the entry holds lms itself, so an id
+        # reused after garbage collection cannot match)
+        key = (id(lms), str(subject.directory.resolve()), renderer)
+        entry = self._prepared.get(key)
+        if entry is None or entry[0] is not lms:
+            entry = (lms, prepare_sequence(engine, lms, template))
+            self._prepared.put(key, entry)
         frames = self.template_frames(template, lms.frame_index, start, stop)
         if stop - start > 1:  # decode ahead while frames are rendered
             frames = media.prefetch(frames, 8)
         i = start
         try:
             for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
-                                         size=self.config.render_size):
+                                         size=self.config.render_size, prepared=entry[1]):
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("Rendering was cancelled.", "Start it again when ready.")
                 yield frame

@@ -153,24 +153,33 @@ def export(path: str | os.PathLike[str], frames: Iterable[np.ndarray],
     return Path(path)
 
 
+def prepare_sequence(engine, lms, template) -> tuple:
+    """(crop track, the renderer's state) of a whole output sequence: what every frame of it
+    shares. Reusable across calls for the same ``lms`` (a preview, then another)."""
+    from studio.render.base import sequence_track
+
+    track = sequence_track(engine.crop_config, lms, template)
+    return track, engine.prepare(lms, track)
+
+
 def render_sequence(engine, frames: Iterable[np.ndarray], lms, template, *, start: int = 0,
-                    stop: int | None = None, size: int = 256,
-                    cfg: ComposeConfig = ComposeConfig()) -> Iterator[np.ndarray]:
+                    stop: int | None = None, size: int = 256, cfg: ComposeConfig = ComposeConfig(),
+                    prepared: tuple | None = None) -> Iterator[np.ndarray]:
     """Render and compose output frames ``start..stop`` (streamed, RGB uint8, template size).
 
     engine: a renderer (``studio.render.base.Renderer``); frames: the template frames of output
     frames start..stop, in order; lms: ``studio.pipeline.Landmarks`` (points / template (T, 68, 2)
     frame px, frame_index (T,)); template: the template Clip (size, and ``valid`` per frame:
     frames without a face pass through). The crop track and the renderer's preparation cover the
-    whole sequence, so a preview of frame i equals frame i of the full render.
+    whole sequence, so a preview of frame i equals frame i of the full render; ``prepared``
+    (from :func:`prepare_sequence` for these ``lms``) skips recomputing them.
     """
-    from studio.render.base import frame_inputs, sequence_track
+    from studio.render.base import frame_inputs
 
     t = lms.points.shape[0]
     stop = t if stop is None else min(stop, t)
     size = engine.render_size(size)
-    track = sequence_track(engine.crop_config, lms, template)
-    state = engine.prepare(lms, track)
+    track, state = prepared if prepared is not None else prepare_sequence(engine, lms, template)
     for i, frame in zip(range(start, stop), frames):
         if not track.valid[i]:
             yield frame
