@@ -64,3 +64,24 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def json_safe(value):
+    """For reports: numpy scalars -> Python numbers, NaN / inf -> None, floats rounded to 4
+    decimals, recursively through dicts, lists and tuples."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return round(v, 4) if math.isfinite(v) else None
+    return value

@@ -47,7 +47,7 @@ from studio import media, metrics
 from studio.audio import frame_energy
 from studio.errors import InputError, NoFaceError
 from studio.face.landmarks import BACKENDS
-from studio.fsutil import sha256_file
+from studio.fsutil import json_safe, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +107,6 @@ def _audio_signal(path: Path) -> np.ndarray | None:
     if signal.size == 0 or float(np.sqrt(np.mean(signal.astype(np.float64) ** 2))) < MIN_AUDIO_RMS:
         return None
     return signal
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars -> Python numbers, NaN / inf -> None, rounded to 4 decimals."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return round(v, 4) if math.isfinite(v) else None
-    return value
 
 
 def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[str], *,
@@ -249,7 +233,7 @@ def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[
         "real_audio": str(real_audio_path) if real_audio_path else None,
         "template_video": str(tpl_path) if tpl_path else None,
     }
-    result = _clean(result)
+    result = json_safe(result)
     if tracks:
         result["tracks"] = {"fps": fps, "real": real_pts, "real_valid": real_valid, "dub": dub_pts,
                             "dub_valid": dub_valid, "template": tpl_series, "energy": energy, "mask": mask}

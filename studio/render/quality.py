@@ -73,7 +73,7 @@ from studio.errors import InputError, NoFaceError
 from studio.face import layout
 from studio.face.landmarks import BACKENDS
 from studio.face.normalize import face_scale
-from studio.fsutil import sha256_file
+from studio.fsutil import json_safe, sha256_file
 from studio.render import REFERENCE_SIZE
 from studio.render.crop import CropConfig, CropTrack
 from studio.render.retrieval import REGION, RetrievalConfig
@@ -286,22 +286,6 @@ def measure_video(video: str | os.PathLike[str], *, frames: int | None = None,
     return {**res, "fps": float(info.fps)}
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars -> Python numbers, NaN / inf -> None, rounded to 4 decimals."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return round(v, 4) if math.isfinite(v) else None
-    return value
-
-
 def quality_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[str], *,
                   template_video: str | os.PathLike[str] | None = None,
                   work_dir: str | os.PathLike[str] | None = None, backend: str = "mediapipe",
@@ -360,7 +344,7 @@ def quality_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLi
         "dub_video": str(dub_path), "real_video": str(real_path),
         "template_video": str(tpl_path) if tpl_path else None,
     }
-    return _clean(result)
+    return json_safe(result)
 
 
 # -- report --------------------------------------------------------------------------------------------
