@@ -602,6 +602,9 @@ def _has_audio_stream(p: Path) -> bool:
     return _parse_streams(proc.stderr.decode("utf-8", "replace")).audio
 
 
+AUDIO_BITRATE = "192k"  # AAC; a speech file keeps its own sample rate and channels
+
+
 def _audio_input(audio: np.ndarray | PathLike, tmpdir: Path) -> Path:
     """An ffmpeg-readable file holding ``audio`` (a 16 kHz array or a file with sound)."""
     if isinstance(audio, np.ndarray):
@@ -667,7 +670,7 @@ class VideoWriter:
                     "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:0"]
             if audio_file is not None:
                 args += ["-i", str(audio_file), "-map", "0:v:0", "-map", "1:a:0",
-                         "-c:a", "aac", "-b:a", "160k"]
+                         "-c:a", "aac", "-b:a", AUDIO_BITRATE]
             if self.width % 2 or self.height % 2:
                 args += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
             if preset == "auto":
@@ -784,7 +787,7 @@ def mux_audio(video_path: PathLike, audio: np.ndarray | PathLike, out_path: Path
         tmp = _temp_beside(out)
         try:
             proc = _run_ffmpeg(["-y", "-i", str(src), "-i", str(audio_file), "-map", "0:v:0",
-                                "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "160k",
+                                "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", AUDIO_BITRATE,
                                 "-movflags", "+faststart", "-f", "mp4", str(tmp)], timeout=600)
             if proc.returncode != 0:
                 raise InputError(f"Could not put the audio into {src.name}.",

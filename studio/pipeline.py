@@ -360,7 +360,11 @@ class Pipeline:
         n = lms.points.shape[0]
         size = (template.meta.width, template.meta.height)
         report = progress or (lambda f, d: None)
-        with media.VideoWriter(out_path, lms.fps, size, audio=speech.signal) as writer:
+        # the speech as the user gave it (its own sample rate and channels) when the file is still
+        # the one that was decoded; the 16 kHz mono decode only feeds the network
+        original = Path(speech.path)
+        same = original.is_file() and sha256_file(original) == speech.sha256
+        with media.VideoWriter(out_path, lms.fps, size, audio=original if same else speech.signal) as writer:
             frames = self.render_frames(subject, template, lms, renderer, cancel=cancel)
             # frames are rendered in another thread while this one feeds the encoder
             for k, frame in enumerate(media.prefetch(frames, 4)):

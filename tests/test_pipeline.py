@@ -172,3 +172,33 @@ def test_dubbing_imports_no_trainer(tmp_path):
             "print(sorted(m for m in sys.modules if m.startswith('studio.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_output_keeps_the_speech_files_sample_rate_and_channels(staged, pipe, tmp_path, shared, monkeypatch):
+    """The dub carries the speech file as given (48 kHz stereo stays so, AAC >= 192 kb/s); the
+    16 kHz mono decode only feeds the network."""
+    import re
+    import subprocess
+
+    subject, _, tpl, _ = staged
+    speech = pipe.speech(shared / "media" / "speech" / "macron_48k_stereo.wav")
+    lms = pipe.landmarks(pipe.predict(subject, speech, tpl, "ours"), tpl, subject)
+    seen = {}
+    real_writer = media.VideoWriter
+
+    class Short(real_writer):  # the audio is what matters: write a few frames only
+        def __init__(self, *a, audio=None, **k):
+            seen["audio"] = audio
+            super().__init__(*a, audio=audio, **k)
+
+        def write(self, frame):
+            if self.frames_written < 5:
+                super().write(frame)
+
+    monkeypatch.setattr(media, "VideoWriter", Short)
+    out = pipe.render(subject, tpl, speech, lms, tmp_path / "hq.mp4")
+    assert str(seen["audio"]).endswith("macron_48k_stereo.wav")
+    err = subprocess.run([media.ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
+    line = next(x for x in err.splitlines() if "Audio:" in x)
+    assert "48000 Hz" in line and "stereo" in line, line
+    assert int(re.search(r"(\d+) kb/s", line).group(1)) >= 180, line  # the encoder's average; set to 192
