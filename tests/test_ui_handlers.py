@@ -627,3 +627,17 @@ def h_module():
     from studio.ui import handlers
 
     return handlers
+
+
+def test_changed_inputs_drop_the_prediction_and_render_says_so(env, h, predicted):
+    """Render after the inputs changed (e.g. a Predict that then failed) must not render the old dub."""
+    state = predicted[0]
+    assert state.prediction is not None
+    new_state, summary = h.inputs_changed(state)
+    assert new_state.prediction is None and new_state.lms is None and "Predict" in summary
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Nothing predicted"):
+        h.render_full(new_state, "retrieval", 50, 150)
+    same, _ = h.inputs_changed(new_state)  # nothing to drop: unchanged
+    assert same is new_state

@@ -171,6 +171,16 @@ def _template_key(subject, template_clip: str | None, template_upload: str | Non
     return template_clip or None
 
 
+def inputs_changed(state: DubState | None):
+    """Subject, speech, template or model changed -> (state, summary): the prediction and all
+    derived from it (landmarks, overlay, renders) belong to the old inputs, so they are dropped;
+    Render then says that nothing is predicted instead of rendering the old dub."""
+    if state is None or state.prediction is None:
+        return state, gr.skip()
+    return (state.replace(prediction=None, lms=None),
+            "Inputs changed: press **Predict** to run the mapping on them (the previous prediction was dropped).")
+
+
 @user_errors
 def predict(state: DubState, subject_dir: str | None, speech: str | None, template_clip: str | None,
             template_upload: str | None, variant: str | None, progress=gr.Progress()):
