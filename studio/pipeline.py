@@ -315,12 +315,12 @@ class Pipeline:
             raise InputError(f"Frame range {start}..{stop} is empty.", f"Pick frames in 0..{lms.points.shape[0] - 1}.")
         engine = self.renderer(subject, renderer)
         # what the whole sequence shares (crop track, retrieval picks) is computed once per
-        # landmarks: previews of other frames reuse it (the entry holds lms itself, so an id
-        # reused after garbage collection cannot match)
-        key = (id(lms), str(subject.directory.resolve()), renderer)
+        # landmarks and renderer: previews of other frames reuse it (the entry holds both objects,
+        # so an id reused after garbage collection, or a reloaded renderer, cannot match)
+        key = (id(lms), id(engine), template.meta.source_sha256)
         entry = self._prepared.get(key)
-        if entry is None or entry[0] is not lms:
-            entry = (lms, prepare_sequence(engine, lms, template))
+        if entry is None or entry[0] is not lms or entry[1] is not engine:
+            entry = (lms, engine, prepare_sequence(engine, lms, template))
             self._prepared.put(key, entry)
         frames = self.template_frames(template, lms.frame_index, start, stop)
         if stop - start > 1:  # decode ahead while frames are rendered
@@ -328,7 +328,7 @@ class Pipeline:
         i = start
         try:
             for frame in render_sequence(engine, frames, lms, template, start=start, stop=stop,
-                                         size=self.config.render_size, prepared=entry[1]):
+                                         size=self.config.render_size, prepared=entry[2]):
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("Rendering was cancelled.", "Start it again when ready.")
                 yield frame

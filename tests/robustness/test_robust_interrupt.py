@@ -242,19 +242,23 @@ def test_killed_renderer_training_resumes(env, reference_clip):
 # -- a render that fails on frame k ----------------------------------------------------------------
 
 class _FailingEngine:
-    """The retrieval renderer, failing at its ``k``-th frame."""
+    """The retrieval renderer (``studio.render.base.Renderer``), failing at its ``k``-th frame."""
 
     def __init__(self, engine, k: int) -> None:
         self._engine, self._k, self.calls = engine, k, 0
+        self.crop_config = engine.crop_config
 
-    def pick(self, *a, **kw):
-        return self._engine.pick(*a, **kw)
+    def render_size(self, requested: int) -> int:
+        return self._engine.render_size(requested)
 
-    def render_frame(self, *a, **kw):
+    def prepare(self, lms, track):
+        return self._engine.prepare(lms, track)
+
+    def draw(self, inputs, i: int, state):
         self.calls += 1
         if self.calls == self._k + 1:
             raise RuntimeError("simulated GPU fault")
-        return self._engine.render_frame(*a, **kw)
+        return self._engine.draw(inputs, i, state)
 
 
 @pytest.fixture(scope="module")
