@@ -196,3 +196,20 @@ def _read_image(value):
     import imageio.v3 as iio
 
     return iio.imread(_path(value))
+
+
+def test_subjects_built_after_start_appear_on_load(served, tmp_path):
+    """A subject folder that appears after the server started (built by another session, or before
+    a page reload) is offered by the page-load refresh of both subject lists."""
+    import os
+    import shutil
+
+    demo, subject, _ = served
+    target = Path(os.environ["STUDIO_SUBJECTS_DIR"]) / "late_subject"
+    shutil.copytree(subject, target, symlinks=True)
+    try:
+        for api in ("/load_subjects", "/load_ablation_subjects"):
+            text = json.dumps(_client(demo).predict(None, api_name=api))
+            assert str(target.resolve()) in text, (api, text[:300])
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

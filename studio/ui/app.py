@@ -222,7 +222,13 @@ def build():
 
         # ---------------------------------------------------------------- wiring
         subject_outputs = [template_clip, variant, renderer, subject_md]
-        demo.load(h.subject_info, [subject, state], subject_outputs, api_name="init", show_progress="hidden")
+        # the subject lists come from disk on every page load: subjects built since the server
+        # started (in this session or another) are offered after a reload
+        demo.load(h.refresh_subjects, [subject, state], [subject], api_name="load_subjects",
+                  show_progress="hidden").then(
+            h.subject_info, [subject, state], subject_outputs, api_name="init", show_progress="hidden")
+        demo.load(h.refresh_subjects, [a_subject], [a_subject], api_name="load_ablation_subjects",
+                  show_progress="hidden")
         subject.input(h.subject_info, [subject, state], subject_outputs, api_name="subject_info")
         one_evt = one_btn.click(h.dub_video, [state, one_video, one_speech],
                                 [state, one_result, one_status, subject, speech], api_name="dub_video", **heavy)
@@ -257,9 +263,12 @@ def build():
         cancel_btn.click(h.cancel, [state], None, cancels=[preview_evt, range_evt, full_evt], api_name="cancel")
         csv_btn.click(h.download_landmarks, [state], [csv_file], api_name="landmarks_csv")
 
-        build_btn.click(h.build_subject, [state, s_files, s_name, s_variants, s_neural, s_steps],
-                        [s_status, s_loss, s_sample, subject], api_name="build_subject", **training).then(
-            h.refresh_subjects, [a_subject], [a_subject], api_name="refresh_subjects")
+        build_evt = build_btn.click(h.build_subject, [state, s_files, s_name, s_variants, s_neural, s_steps],
+                                    [s_status, s_loss, s_sample, subject], api_name="build_subject", **training)
+        build_evt.then(h.refresh_subjects, [a_subject], [a_subject], api_name="refresh_subjects")
+        # the Dub tab's description, template clips and models follow the subject just built
+        build_evt.success(h.subject_info, [subject, state], subject_outputs, api_name="built_subject_info",
+                          show_progress="hidden")
         s_cancel.click(h.cancel, [state], None, api_name="cancel_job")
 
         ablation_outputs = [a_table, a_fig, a_note, c_template, c_variants]
