@@ -202,3 +202,14 @@ def test_output_keeps_the_speech_files_sample_rate_and_channels(staged, pipe, tm
     line = next(x for x in err.splitlines() if "Audio:" in x)
     assert "48000 Hz" in line and "stereo" in line, line
     assert int(re.search(r"(\d+) kb/s", line).group(1)) >= 180, line  # the encoder's average; set to 192
+
+
+def test_high_quality_encoding_is_offered_and_checked(staged, tmp_path):
+    subject, speech, tpl, pred = staged
+    with pytest.raises(InputError, match="quality"):
+        PipelineConfig(quality="best")
+    hq = Pipeline(config=PipelineConfig(quality="high"), work_dir=tmp_path / "w")
+    lms = hq.landmarks(pred, tpl, subject)
+    short = type(lms)(lms.talk[:10], lms.points[:10], lms.template[:10], lms.frame_index[:10], lms.fps)
+    out = hq.render(subject, tpl, speech, short, tmp_path / "hq.mp4")
+    assert media.probe_video(out).frames == 10
