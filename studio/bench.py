@@ -5,7 +5,8 @@ feature extraction, media decode/encode, synthetic data generation, landmark pre
 mapping inference (cascade vs LSTM vs BiLSTM on 5 minutes of audio), edits, renderer fps (retrieval;
 neural at 256 and 720), end-to-end dub real-time factor and peak memory, and the studio's own timings
 on the bundled sample (render click to video, slider to overlay, page load); with ``--sync-real``, the
-sync check of a dub of that real video's speech against the video (``studio sync-check``); GPU
+sync check of a dub of that real video's speech against the video (``studio sync-check``) and its
+visual quality (``studio quality``: mouth flicker, sharpness, seam vs the real video); GPU
 figures when CUDA is present. Writes REPORT.json and a
 markdown table beside it (REPORT.md).
 
@@ -109,6 +110,29 @@ def sync_stage(subject: Path, template: Path | None, real: Path, real_audio: Pat
                 out[f"{row}_{key}"] = res[row][key]
     if res["audio_match"] is not None:
         out["audio_match_r"] = res["audio_match"]["r"]
+    return out
+
+
+def quality_stage(subject: Path, template: Path | None, real: Path, real_audio: Path | None, seconds: float,
+                  tmp: Path) -> dict:
+    """Dub the first ``seconds`` of a real video's speech onto the template and measure the dub's
+    visual quality against that real video (``studio quality``): mouth flicker, sharpness and
+    paste-back seam as dub / real, and dub / template."""
+    from studio import media
+    from studio.audio import SAMPLE_RATE
+    from studio.render.quality import quality_check
+
+    signal = media.read_audio(real_audio if real_audio is not None else real)
+    speech = tmp / "quality_speech.wav"
+    speech.write_bytes(media.wav_bytes(signal[: int(round(seconds * SAMPLE_RATE))]))
+    dub = tmp / "quality_dub.mp4"
+    dub_child(subject, speech, template, dub)
+    res = quality_check(dub, real, template_video=template, work_dir=tmp / "quality")
+    out: dict[str, Any] = {"real": str(real), "seconds": round(float(res.get("seconds", seconds)), 2)}
+    for measure in ("flicker", "sharpness", "seam"):
+        out[f"{measure}_ratio"] = res["dub"][measure]["ratio"]
+        if res.get("dub_vs_template"):
+            out[f"{measure}_vs_template"] = res["dub_vs_template"][measure]
     return out
 
 
@@ -235,6 +259,8 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
                 secs = min(sync_seconds, 5.0) if quick else sync_seconds
                 stage("sync_check", lambda: sync_stage(subject, video if video.exists() else None, sync_real,
                                                         sync_real_audio, secs, Path(tmp)), report)
+                stage("visual_quality", lambda: quality_stage(subject, video if video.exists() else None,
+                                                              sync_real, sync_real_audio, secs, Path(tmp)), report)
     elif sync_real is not None:
         report["stages"]["sync_check"] = {"skipped": "needs --subject (the dub is made with it)"}
 
@@ -260,6 +286,7 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
 
 STAGES = ("audio_features", "media", "synth_60s", "preprocess", "mapping_inference", "mapping_training",
           "edits_5min", "retrieval_renderer", "neural_renderer", "dub_12s_720p", "dub_60s_720p", "sync_check",
+          "visual_quality",
           "one_step_dub", "studio_ui_sample")
 
 
