@@ -641,3 +641,19 @@ def test_changed_inputs_drop_the_prediction_and_render_says_so(env, h, predicted
         h.render_full(new_state, "retrieval", 50, 150)
     same, _ = h.inputs_changed(new_state)  # nothing to drop: unchanged
     assert same is new_state
+
+
+def test_speech_is_checked_when_it_arrives(env, h, tmp_path):
+    from studio.ui.session import DubState
+
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio at all")
+    state, summary = h.speech_changed(DubState.new(), str(bad))
+    assert "cannot be used" in summary
+    silent = tmp_path / "silent.wav"
+    from studio import media
+
+    silent.write_bytes(media.wav_bytes(np.zeros(16000, np.float32)))
+    assert "silent" in h.speech_changed(state, str(silent))[1]
+    ok = h.speech_changed(state, env["speech"])[1]
+    assert "Speech ready" in ok

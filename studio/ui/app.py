@@ -234,8 +234,10 @@ def build():
                                 [state, one_result, one_status, subject, speech], api_name="dub_video", **heavy)
         one_evt.success(h.subject_info, [subject, state], subject_outputs, api_name="one_step_subject_info")
         one_cancel.click(h.cancel, [state], None, cancels=[one_evt], api_name="cancel_dub_video")
-        gr.on([subject.change, speech.change, template_clip.change, template_upload.change, variant.change],
+        gr.on([subject.change, template_clip.change, template_upload.change, variant.change],
               h.inputs_changed, [state], [state, summary], api_name="inputs_changed", show_progress="hidden")
+        speech.change(h.speech_changed, [state, speech], [state, summary], api_name="speech_changed",
+                      show_progress="hidden")
         predict_btn.click(h.predict, [state, subject, speech, template_clip, template_upload, variant],
                           [state, frame, overlay, timeline_plot, summary], api_name="predict", **heavy).then(
             h.frame_range_limits, [state], [range_start, range_end], api_name="frame_range_limits")

@@ -181,6 +181,24 @@ def inputs_changed(state: DubState | None):
             "Inputs changed: press **Predict** to run the mapping on them (the previous prediction was dropped).")
 
 
+def speech_changed(state: DubState | None, speech: str | None):
+    """New speech -> (state, summary): the prediction is dropped (see :func:`inputs_changed`) and
+    the file is checked at once (format, length, silence), so a bad recording is flagged when it
+    arrives, not at Predict."""
+    state, summary = inputs_changed(state)
+    if not speech:
+        return state, summary
+    try:
+        _check_audio_name(speech)
+        sp = get_pipeline().speech(speech)  # decoded once; Predict reuses it
+    except StudioError as exc:
+        return state, f"**This speech cannot be used:** {exc.message} {exc.hint}".strip()
+    except Exception as exc:  # an unexpected decoder failure: say so, Predict will report it again
+        log.warning("checking the uploaded speech failed: %s", exc)
+        return state, f"**This speech could not be read** ({type(exc).__name__}); try another file."
+    return state, f"Speech ready: {sp.seconds:.1f} s. Press **Predict**."
+
+
 @user_errors
 def predict(state: DubState, subject_dir: str | None, speech: str | None, template_clip: str | None,
             template_upload: str | None, variant: str | None, progress=gr.Progress()):
