@@ -181,6 +181,14 @@ def build():
                     with gr.Column():
                         s_status = gr.Markdown(elem_id="build_status")
                         s_loss = gr.Plot(label="Training loss")
+                        gr.Markdown(
+                            "Solid: the loss on the footage the model trains on. Dotted: the loss on the "
+                            "last part of each clip, held out. The model kept is the epoch where the dotted "
+                            "curve is lowest. For *Ours*, training starts from the multi-speaker prior, and "
+                            "the prior itself stays the answer unless training beats it there. With a few "
+                            "seconds of footage the held-out part is short and speaks other words, so its "
+                            "loss can sit far above the training loss: that says how hard new speech is, "
+                            "not that training failed.", elem_id="loss_help")
                         s_sample = gr.Image(label="Neural renderer samples (map | output | real)", type="filepath",
                                             interactive=False, height=200)
 
