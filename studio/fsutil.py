@@ -85,3 +85,22 @@ def json_safe(value):
         v = float(value)
         return round(v, 4) if math.isfinite(v) else None
     return value
+
+
+def read_npz(path, what: str, hint: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """The arrays ``keys`` (and those of ``optional`` that are present) of a small npz file,
+    loaded without pickle. A missing or unreadable file, or a missing key, is a CheckpointError
+    naming ``what`` (e.g. "Conditioning file") with ``hint``."""
+    import numpy as np
+
+    from studio.errors import CheckpointError
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: np.asarray(z[k]) for k in keys}
+            out.update({k: np.asarray(z[k]) for k in optional if k in z.files})
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} missing: {path}.", hint) from None
+    except Exception as exc:
+        raise CheckpointError(f"{what} {path} is unreadable: {exc}.", hint) from None
+    return out

@@ -57,11 +57,12 @@ AUDIO_MATCH_MIN = 0.3  # log-energy r below this: the dub's speech is probably n
 
 
 def default_work_dir() -> Path:
-    """Where re-detected landmarks are cached between runs (next to the pipeline's own cache)."""
+    """Where re-detected landmarks are cached between runs (next to the pipeline's own cache);
+    the sync check and the quality check (``studio.render.quality``) share it."""
     return Path(tempfile.gettempdir()) / "lip-sync-studio" / "sync"
 
 
-def _check_video(path: str | os.PathLike[str], what: str) -> tuple[Path, media.VideoInfo]:
+def check_video(path: str | os.PathLike[str], what: str) -> tuple[Path, media.VideoInfo]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"The {what} {p} does not exist.", f"Check the path of the {what}.")
@@ -73,9 +74,10 @@ def _frames_needed(info: media.VideoInfo, seconds: float) -> int:
     return int(min(info.frames, math.ceil(seconds * info.fps) + 1))
 
 
-def _detect(video: Path, info: media.VideoInfo, frames: int, work_dir: Path, backend: str,
-            progress: bool):
-    """Preprocess the first ``frames`` frames of ``video`` into a cached clip folder."""
+def detect_landmarks(video: Path, info: media.VideoInfo, frames: int, work_dir: Path, backend: str,
+                     progress: bool, check: str = "sync check"):
+    """Preprocess the first ``frames`` frames of ``video`` into a clip folder cached in ``work_dir``
+    (by content, backend and length). ``check`` names the caller in the no-face message."""
     from studio.data.preprocess import preprocess
 
     stop = None if frames >= info.frames else frames
@@ -83,8 +85,8 @@ def _detect(video: Path, info: media.VideoInfo, frames: int, work_dir: Path, bac
     try:
         return preprocess(video, work_dir / name, backend=backend, stop=stop, progress=progress)
     except NoFaceError as exc:
-        raise NoFaceError(exc.message, "The sync check needs a visible face in the dub, the real video "
-                          "(and the template): check that the file is the right one and shows a face.") from exc
+        raise NoFaceError(exc.message, f"The {check} needs a visible face in every video it compares: check "
+                          "that the file is the right one and shows a face.") from exc
 
 
 def _on_times(clip, n: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +136,9 @@ def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[
     """
     if backend not in BACKENDS:
         raise InputError(f"Unknown landmark backend {backend!r}.", f"Use one of {list(BACKENDS)}.")
-    dub_path, dub_info = _check_video(dub_video, "dub video")
-    real_path, real_info = _check_video(real_video, "real video")
-    tpl_path, tpl_info = (_check_video(template_video, "template video") if template_video is not None
+    dub_path, dub_info = check_video(dub_video, "dub video")
+    real_path, real_info = check_video(real_video, "real video")
+    tpl_path, tpl_info = (check_video(template_video, "template video") if template_video is not None
                           else (None, None))
     real_audio_path = Path(real_audio) if real_audio is not None else None
     if real_audio_path is not None and not real_audio_path.is_file():
@@ -181,8 +183,8 @@ def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[
     work = Path(work_dir) if work_dir is not None else default_work_dir()
     work.mkdir(parents=True, exist_ok=True)
     seconds = n / fps
-    real_clip = _detect(real_path, real_info, _frames_needed(real_info, seconds), work, backend, progress)
-    dub_clip = _detect(dub_path, dub_info, _frames_needed(dub_info, seconds), work, backend, progress)
+    real_clip = detect_landmarks(real_path, real_info, _frames_needed(real_info, seconds), work, backend, progress)
+    dub_clip = detect_landmarks(dub_path, dub_info, _frames_needed(dub_info, seconds), work, backend, progress)
     n = min(n, real_clip.meta.frames)
     m_tpl = min(m_tpl, n)
     real_pts, real_valid = real_clip.landmarks[:n].astype(np.float64), real_clip.valid[:n].astype(bool)
@@ -204,7 +206,7 @@ def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[
     tpl_row = None
     tpl_series = None
     if tpl_path is not None:
-        tpl_clip = _detect(tpl_path, tpl_info, _frames_needed(tpl_info, seconds), work, backend, progress)
+        tpl_clip = detect_landmarks(tpl_path, tpl_info, _frames_needed(tpl_info, seconds), work, backend, progress)
         tpl_pts, tpl_valid = _on_times(tpl_clip, m_tpl, fps)
         tpl_row, _ = row(tpl_pts, tpl_valid, m_tpl, f"template ({tpl_path.name})")
         tpl_series = tpl_pts

@@ -108,13 +108,9 @@ class RigidCheek:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "RigidCheek":
         hint = "Re-train the model with `python -m studio train-mapping` (the checkpoint is incomplete or damaged)."
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                w = np.asarray(z["rigid_cheek_weights"], np.float32)
-        except FileNotFoundError:
-            raise CheckpointError(f"Conditioning file missing: {path}.", hint) from None
-        except Exception as exc:
-            raise CheckpointError(f"Conditioning file {path} is unreadable: {exc}.", hint) from None
+        from studio.fsutil import read_npz
+
+        w = read_npz(path, "Conditioning file", hint, ("rigid_cheek_weights",))["rigid_cheek_weights"].astype(np.float32)
         if w.shape != (10, 16) or not np.isfinite(w).all():
             raise CheckpointError(f"{path} holds a conditioning of the wrong shape or non-finite values.", hint)
         return cls(w)
@@ -203,10 +199,12 @@ class ArticulationGain:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ArticulationGain":
         hint = "Re-train the model with `python -m studio train-mapping` (the checkpoint is incomplete or damaged)."
+        from studio.fsutil import read_npz
+
+        z = read_npz(path, "Calibration file", hint, ("gain", "frontal_mean"))
         try:
-            with np.load(path, allow_pickle=False) as z:
-                gain, mean = float(z["gain"]), np.asarray(z["frontal_mean"], np.float32)
-        except Exception as exc:
+            gain, mean = float(z["gain"]), z["frontal_mean"].astype(np.float32)
+        except (TypeError, ValueError) as exc:
             raise CheckpointError(f"Calibration file {path} is unreadable: {exc}.", hint) from None
         if mean.shape != (58,) or not np.isfinite(mean).all() or not 1.0 <= gain <= MAX_GAIN:
             raise CheckpointError(f"{path} holds an invalid articulation calibration.", hint)

@@ -118,11 +118,13 @@ class IdentityOffset:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "IdentityOffset":
         hint = "Rebuild the subject (`python -m studio make-subject`); the checkpoint is damaged."
+        from studio.fsutil import read_npz
+
+        z = read_npz(path, "Identity file", hint, ("frontal_offset",), optional=("audio_shift",))
+        delta = z["frontal_offset"].astype(np.float32)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                delta = np.asarray(z["frontal_offset"], np.float32)
-                shift = int(z["audio_shift"]) if "audio_shift" in z.files else 0
-        except Exception as exc:
+            shift = int(z.get("audio_shift", 0))
+        except (TypeError, ValueError) as exc:
             raise CheckpointError(f"Identity file {path} is unreadable: {exc}.", hint) from None
         if delta.shape != (layout.TALK_DIM,) or not np.isfinite(delta).all() or abs(shift) > MAX_SHIFT:
             raise CheckpointError(f"{path} holds an invalid identity offset.", hint)

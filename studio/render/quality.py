@@ -60,7 +60,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -73,10 +72,11 @@ from studio.errors import InputError, NoFaceError
 from studio.face import layout
 from studio.face.landmarks import BACKENDS
 from studio.face.normalize import face_scale
-from studio.fsutil import json_safe, sha256_file
+from studio.fsutil import json_safe
 from studio.render import REFERENCE_SIZE
 from studio.render.crop import CropConfig, CropTrack
 from studio.render.retrieval import REGION, RetrievalConfig
+from studio.sync import check_video, default_work_dir, detect_landmarks
 
 log = logging.getLogger(__name__)
 
@@ -247,36 +247,17 @@ def normalised_frames(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid
 
 
 # -- files ------------------------------------------------------------------------------------------------
-def default_work_dir() -> Path:
-    """Where re-detected landmarks are cached between runs."""
-    return Path(tempfile.gettempdir()) / "lip-sync-studio" / "quality"
-
-
-def _check_video(path: str | os.PathLike[str], what: str) -> tuple[Path, media.VideoInfo]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"The {what} {p} does not exist.", f"Check the path of the {what}.")
-    return p, media.probe_video(p)
-
-
 def measure_video(video: str | os.PathLike[str], *, frames: int | None = None,
                   work_dir: str | os.PathLike[str] | None = None, backend: str = "mediapipe",
                   cfg: QualityConfig = QualityConfig(), progress: bool = False) -> dict[str, Any]:
     """Detect landmarks on the first ``frames`` frames of ``video`` (all when None; cached in
     ``work_dir``) and return :func:`measure_frames`' dict plus "fps". Raises InputError (missing
     or unreadable file), NoFaceError (fewer than MIN_FRAMES frames with a face)."""
-    from studio.data.preprocess import preprocess
-
-    path, info = _check_video(video, "video")
-    stop = None if frames is None or frames >= info.frames else int(frames)
+    path, info = check_video(video, "video")
     work = Path(work_dir) if work_dir is not None else default_work_dir()
     work.mkdir(parents=True, exist_ok=True)
-    name = f"{sha256_file(path)[:16]}-{backend}-{stop or 'all'}"
-    try:
-        clip = preprocess(path, work / name, backend=backend, stop=stop, progress=progress)
-    except NoFaceError as exc:
-        raise NoFaceError(exc.message, "The quality check needs a visible face in every video: check "
-                          "that the file is the right one and shows a face.") from exc
+    clip = detect_landmarks(path, info, info.frames if frames is None else int(frames), work, backend, progress,
+                            check="quality check")
     n = clip.meta.frames
     res = measure_frames(normalised_frames(media.iter_frames(path, 0, n), clip.landmarks, clip.valid,
                                            (info.width, info.height), cfg.size), cfg)
@@ -299,9 +280,9 @@ def quality_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLi
     """
     if backend not in BACKENDS:
         raise InputError(f"Unknown landmark backend {backend!r}.", f"Use one of {list(BACKENDS)}.")
-    dub_path, dub_info = _check_video(dub_video, "dub video")
-    real_path, real_info = _check_video(real_video, "real video")
-    tpl_path, tpl_info = (_check_video(template_video, "template video") if template_video is not None
+    dub_path, dub_info = check_video(dub_video, "dub video")
+    real_path, real_info = check_video(real_video, "real video")
+    tpl_path, tpl_info = (check_video(template_video, "template video") if template_video is not None
                           else (None, None))
     seconds = min(dub_info.duration, real_info.duration)
     notes: list[str] = []
