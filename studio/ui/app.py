@@ -263,7 +263,7 @@ def build():
         load_btn.upload(h.load_edits, [state, frame, load_btn], [state, *controls, overlay, timeline_plot],
                         api_name="load_edits")
         gr.on([map_btn.click, canny_low.release, canny_high.release], h.facemap,
-              [state, frame, canny_low, canny_high], [facemap_img], api_name="facemap")
+              [state, frame, canny_low, canny_high, renderer], [facemap_img], api_name="facemap")
         preview_evt = preview_btn.click(h.preview_frame, [state, frame, renderer, canny_low, canny_high],
                                         [preview_img], api_name="preview_frame", **heavy)
         range_evt = range_btn.click(h.render_range, [state, r_start, r_stop, renderer, canny_low, canny_high],

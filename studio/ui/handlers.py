@@ -472,11 +472,15 @@ def _facemap_cfg(low: float, high: float):
 
 
 @user_errors
-def facemap(state: DubState, frame: int, canny_low: float, canny_high: float) -> np.ndarray:
-    """The synthetic facial map of output frame ``frame`` (the Canny thresholds shape this view;
-    a trained neural renderer always draws its maps with the settings it was trained with)."""
-    pipe, _, tpl = _loaded(state)
-    return pipe.facemap(tpl, state.lms, _clamp_frame(state, frame), _facemap_cfg(canny_low, canny_high))
+def facemap(state: DubState, frame: int, canny_low: float, canny_high: float,
+            renderer: str = "retrieval") -> np.ndarray:
+    """The synthetic facial map of output frame ``frame``, exactly as ``renderer`` gets it: the
+    Canny thresholds shape the retrieval view; a trained neural renderer always draws its maps
+    with its own crop, size and settings (the ones it was trained with)."""
+    pipe, subject, tpl = _loaded(state)
+    cfg = _facemap_cfg(canny_low, canny_high)
+    return pipe.facemap(tpl, state.lms, _clamp_frame(state, frame), cfg, subject=subject,
+                        renderer=renderer or "retrieval")
 
 
 @user_errors

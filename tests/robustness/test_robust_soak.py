@@ -171,7 +171,8 @@ class Session:
                 self.call("preview_frame", client, self.rng.randrange(self.frames), "retrieval", 50, 150,
                           api_name="/preview_frame")
             elif op == "facemap":
-                self.call("facemap", client, self.rng.randrange(self.frames), 50, 150, api_name="/facemap")
+                self.call("facemap", client, self.rng.randrange(self.frames), 50, 150, "retrieval",
+                          api_name="/facemap")
             else:  # predict again (cached by the server) keeps the session's own length
                 out = self.call("predict", client, sample, handle_file(str(self.speech)), "template", None, "ours",
                                 api_name="/predict")
