@@ -101,7 +101,7 @@ def _need_prediction(state: DubState) -> None:
 # -- small caches -----------------------------------------------------------------------------------
 
 _tracks = LRU(8)  # template sha -> CropTrack over the template's own frames
-_faces = LRU(256)  # (template sha, template frame) -> (DISPLAY, DISPLAY, 3) zoomed face
+_faces = LRU(256, max_bytes=32 << 20)  # (template sha, template frame) -> (DISPLAY, DISPLAY, 3) zoomed face
 
 
 # -- subjects ---------------------------------------------------------------------------------------
