@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "subject.json"
 FORMAT = "lip-sync-studio/subject"
 VERSION = 1
+AUDIO_FROM_VIDEO = "-"  # in `make-subject --audio`: this video's own sound track
 
 Progress = Callable[[str, float], None]  # (stage description, fraction 0..1)
 
@@ -314,11 +315,57 @@ def _existing_manifest(out: Path) -> SubjectManifest | None:
         return None
 
 
+def pair_speech(videos: Sequence[str | os.PathLike[str]],
+                speech: Sequence[str | os.PathLike[str]] | None) -> list[Path | None]:
+    """Separate speech files for footage: one entry per video (None: the video's own track).
+
+    A speech file belongs to the video with the same file stem (``anna_1.mp4`` + ``anna_1.wav``);
+    when no stem matches and there are as many files as videos, they pair in order. Anything else
+    raises InputError, so a speech file is never silently put under the wrong video.
+    """
+    vids = [Path(v) for v in videos]
+    files = [Path(a) for a in (speech or [])]
+    if not files:
+        return [None] * len(vids)
+    by_stem = {f.stem: f for f in files}
+    matched = [by_stem.get(v.stem) for v in vids]
+    if any(m is not None for m in matched):
+        unused = sorted(f.name for f in files if f not in matched)
+        if unused:
+            raise InputError(f"Speech file(s) {', '.join(unused)} match no footage by name.",
+                             "Name each speech file like its video (anna_1.mp4 + anna_1.wav), or give "
+                             "exactly one speech file per video, in the same order.")
+        return matched
+    if len(files) != len(vids):
+        raise InputError(f"{len(files)} speech file(s) for {len(vids)} video(s), and no names match.",
+                         "Name each speech file like its video (anna_1.mp4 + anna_1.wav), or give "
+                         "exactly one speech file per video, in the same order.")
+    return list(files)
+
+
+def command_line(videos: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                 audios: Sequence[str | os.PathLike[str] | None] | None = None, variants: Sequence[str] = ("ours",),
+                 name: str | None = None, preset: str = "cpu", neural: bool = False,
+                 neural_steps: int | None = None) -> list[str]:
+    """The ``make-subject`` command (name and arguments) that builds ``out`` as :func:`make_subject`
+    would with these settings: for running the build as a child process (the studio does)."""
+    args = ["make-subject", *[str(v) for v in videos], "--out", str(out), "--variants", ",".join(variants),
+            "--preset", preset]
+    if name:
+        args += ["--name", name]
+    if audios is not None and any(a is not None for a in audios):
+        args += ["--audio", *[AUDIO_FROM_VIDEO if a is None else str(a) for a in audios]]
+    if neural:
+        args += ["--neural"] + (["--neural-steps", str(int(neural_steps))] if neural_steps else [])
+    return args
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="footage of one person (video files)")
     parser.add_argument("--out", required=True, help="subject folder to create or complete")
     parser.add_argument("--audio", nargs="*", default=None,
-                        help="one audio file per video (default: the video's own track, else a same-named .wav)")
+                        help=f"one audio file per video, '{AUDIO_FROM_VIDEO}' for a video's own track "
+                             "(default: the video's own track, else a same-named .wav)")
     parser.add_argument("--variants", default="ours",
                         help="comma-separated mapping variants to train, or 'all' (default: ours)")
     parser.add_argument("--neural", action="store_true", help="also train the neural renderer (slow on CPU)")
@@ -344,7 +391,8 @@ def cli(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        subject = make_subject(args.videos, args.out, audios=args.audio, variants=variants, neural=args.neural,
+        audios = None if args.audio is None else [None if a == AUDIO_FROM_VIDEO else a for a in args.audio]
+        subject = make_subject(args.videos, args.out, audios=audios, variants=variants, neural=args.neural,
                                preset=args.preset, backend=args.backend, seed=args.seed, name=args.name,
                                neural_steps=args.neural_steps, neural_size=args.neural_size,
                                prior=None if args.prior == "none" else args.prior, progress=progress)

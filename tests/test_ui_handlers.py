@@ -426,6 +426,31 @@ def test_one_step_dub_missing_or_wrong_inputs_are_messages(env, h, tmp_path):
 
 # -- Subject tab -----------------------------------------------------------------------------------
 
+def test_separate_speech_pairs_with_footage_by_name_or_order(tmp_path):
+    from studio.errors import InputError
+    from studio.subject import command_line, pair_speech
+
+    vids = [tmp_path / "anna_1.mp4", tmp_path / "anna_2.mov"]
+    assert pair_speech(vids, None) == [None, None]
+    assert pair_speech(vids, [tmp_path / "anna_2.wav"]) == [None, tmp_path / "anna_2.wav"]
+    assert pair_speech(vids, ["b.wav", "a.mp3"]) == [Path("b.wav"), Path("a.mp3")]  # no names match: order
+    with pytest.raises(InputError, match="match no footage"):
+        pair_speech(vids, [tmp_path / "anna_1.wav", tmp_path / "other.wav"])
+    with pytest.raises(InputError, match="1 speech file"):
+        pair_speech(vids, ["x.wav"])
+    # the studio runs make-subject with exactly the arguments its parser reads back
+    import argparse
+
+    from studio.subject import add_cli_arguments
+    cmd = command_line(vids, tmp_path / "out", audios=[None, tmp_path / "anna_2.wav"], variants=("ours", "lstm"),
+                       name="Anna", preset="cpu", neural=True, neural_steps=50)
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(cmd[1:])
+    assert cmd[0] == "make-subject" and args.videos == [str(v) for v in vids] and args.audio == ["-", str(tmp_path / "anna_2.wav")]
+    assert (args.variants, args.name, args.neural, args.neural_steps) == ("ours,lstm", "Anna", True, 50)
+
+
 def test_build_subject_input_errors(env, h, tmp_path):
     from studio.ui.session import DubState
 
@@ -552,8 +577,13 @@ def test_build_subject_from_real_footage(env, h, shared, tiny_preset, monkeypatc
     from studio.ui.session import DubState, user_subjects_dir
 
     monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(shared / "weights"))
-    video = shared / "media" / "video" / "obama_clip1.mp4"  # 20 s; its speech is the .wav beside it
-    updates = list(h.build_subject(DubState.new(), [str(video)], "obama test", ["ours"], False, 0))
+    # 20 s without a sound track, uploaded alone; its speech (the .wav beside it in ../shared) is
+    # uploaded as a separate file under another name: it pairs with the only video by order
+    video = tmp_path / "obama.mp4"
+    video.symlink_to(shared / "media" / "video" / "obama_clip1.mp4")
+    speech = tmp_path / "recorded_speech.wav"
+    speech.symlink_to(shared / "media" / "video" / "obama_clip1.wav")
+    updates = list(h.build_subject(DubState.new(), [str(video)], "obama test", ["ours"], False, 0, [str(speech)]))
     status, loss, sample, dropdown = updates[-1]
     assert "is ready" in status and sample is None
     folder = user_subjects_dir() / "obama_test"

@@ -170,6 +170,9 @@ def build():
                 with gr.Row():
                     with gr.Column():
                         s_files = gr.File(file_count="multiple", file_types=["video"], label="Footage", elem_id="footage")
+                        s_speech = gr.File(file_count="multiple", file_types=["audio"], elem_id="footage_speech",
+                                           label="Speech for footage without sound (optional: one file per video, "
+                                                 "named like it or in the same order)")
                         s_name = gr.Textbox(label="Subject name", placeholder="e.g. anna", elem_id="subject_name")
                         s_variants = gr.CheckboxGroup(all_variants, value=["ours"], label="Mapping models to train")
                         with gr.Row():
@@ -273,7 +276,7 @@ def build():
         cancel_btn.click(h.cancel, [state], None, cancels=[preview_evt, range_evt, full_evt], api_name="cancel")
         csv_btn.click(h.download_landmarks, [state], [csv_file], api_name="landmarks_csv")
 
-        build_evt = build_btn.click(h.build_subject, [state, s_files, s_name, s_variants, s_neural, s_steps],
+        build_evt = build_btn.click(h.build_subject, [state, s_files, s_name, s_variants, s_neural, s_steps, s_speech],
                                     [s_status, s_loss, s_sample, subject], api_name="build_subject", **training)
         build_evt.then(h.refresh_subjects, [a_subject], [a_subject], api_name="refresh_subjects")
         # the Dub tab's description, template clips and models follow the subject just built

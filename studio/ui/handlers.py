@@ -607,7 +607,7 @@ def cancel(state: DubState) -> None:
 
 # -- Subject tab ------------------------------------------------------------------------------------
 
-def _video_paths(files) -> list[str]:
+def _upload_paths(files) -> list[str]:
     if not files:
         return []
     items = files if isinstance(files, (list, tuple)) else [files]
@@ -616,12 +616,19 @@ def _video_paths(files) -> list[str]:
 
 @user_errors
 def build_subject(state: DubState, files, name: str, variants: Sequence[str], neural: bool, neural_steps: float,
-                  progress=gr.Progress()):
-    """Footage -> a new subject folder, as a cancellable child process. Streams
-    (status markdown, loss plot, sample image, subject dropdown update)."""
-    videos = _video_paths(files)
+                  speech_files=None, progress=gr.Progress()):
+    """Footage (+ optional separate speech files, paired by name or order) -> a new subject
+    folder, as a cancellable child process. Streams (status markdown, loss plot, sample image,
+    subject dropdown update)."""
+    from studio.subject import command_line, pair_speech
+
+    videos = _upload_paths(files)
     if not videos:
         raise InputError("No footage uploaded.", "Upload one or more videos of one person speaking.")
+    audios = pair_speech(videos, _upload_paths(speech_files))
+    for a in audios:
+        if a is not None:
+            get_pipeline().speech(a)  # unreadable, silent or too long speech is refused before the build
     folder = safe_name(name or Path(videos[0]).stem)
     if not folder:
         raise InputError(f"{name!r} cannot be used as a subject name.", "Use letters, digits, '-' or '_'.")
@@ -631,12 +638,10 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
         media.check_video(media.probe_video(v), limits)
     out = user_subjects_dir() / folder
     state = state or DubState.new()
-    args = [*[str(v) for v in videos], "--out", str(out), "--variants", ",".join(variants), "--name", name or folder,
-            "--preset", train_preset()]
-    if neural:
-        args += ["--neural"] + (["--neural-steps", str(int(neural_steps))] if neural_steps else [])
+    command = command_line(videos, out, audios=audios, variants=variants, name=name or folder, preset=train_preset(),
+                           neural=bool(neural), neural_steps=int(neural_steps) if neural_steps else None)
     try:
-        job = jobs.start(state.session_id, ["make-subject", *args], state.folder() / "make-subject.log")
+        job = jobs.start(state.session_id, command, state.folder() / "make-subject.log")
     except RuntimeError:
         raise InputError("A training job is already running in this session.",
                          "Wait for it to finish or press Cancel.") from None
@@ -659,8 +664,11 @@ def build_subject(state: DubState, files, name: str, variants: Sequence[str], ne
         raise InputError(f"Building the subject failed:\n{job.error_text()}",
                          "Fix the problem above and press Build again (finished stages are kept).")
     p = jobs.subject_progress(out, len(videos), variants, bool(neural), max_epochs)
-    yield (f"Subject **{name or folder}** is ready in `{out}`; pick it in the Dub tab.",
-           views.loss_figure(p.histories), _sample_image(p.sample), refresh_subjects(str(out.resolve()), state))
+    notices = get_pipeline().subject(out).manifest.extras.get("notices", [])
+    text = f"Subject **{name or folder}** is ready in `{out}`; pick it in the Dub tab."
+    if notices:  # e.g. footage without usable speech: that part uses the multi-speaker prior alone
+        text += "\n\n" + "\n".join(f"- {n}" for n in notices)
+    yield text, views.loss_figure(p.histories), _sample_image(p.sample), refresh_subjects(str(out.resolve()), state)
 
 
 def _sample_image(path: str | None) -> np.ndarray | None:
