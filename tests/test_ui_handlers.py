@@ -139,6 +139,15 @@ def test_show_frame_and_timeline_mark_the_frame(env, h, predicted):
         h.show_frame(None, 0)
 
 
+def test_play_with_speech_is_a_video_at_the_clips_frame_rate(env, h, predicted):
+    state = predicted[0]
+    path = h.landmark_video(state)
+    stats = video_stats(Path(path))
+    assert stats["frames"] == state.frames and abs(stats["fps"] - state.lms.fps) < 1e-3
+    assert stats["has_audio"] and abs(stats["audio_seconds"] - state.frames / state.lms.fps) < 0.1
+    assert (stats["width"], stats["height"]) == (384, 384) and Path(path).parent == state.folder()
+
+
 def test_play_tick_advances_and_wraps(env, h, predicted):
     state = predicted[0]
     nxt, img = h.play_tick(state, 5)

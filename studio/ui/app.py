@@ -21,6 +21,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 log = logging.getLogger(__name__)
 
+# the Dub tab's steps, one line each
+STEPS = (
+    "**1 · Speech**: upload or record the new speech; it is checked as soon as it arrives.",
+    "**2 · Footage**: the subject (a person the studio knows) and the template clip whose head motion is "
+    "kept, or a video of the same person.",
+    "**3 · Predict**: the network draws the mouth and jaw for the speech (orange, over the template's cyan).",
+    "4 · Adjust: edits, applied on release (no re-run of the network)",
+    "5 · Render: a frame, a range, or the whole clip with the speech",
+)
+
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 CSS = """
@@ -78,13 +88,17 @@ def build():
                         one_btn = gr.Button("Dub this video", variant="primary", elem_id="dub_video", scale=3)
                         one_cancel = gr.Button("Cancel", variant="stop", elem_id="one_step_cancel", scale=1)
                     one_status = gr.Markdown(elem_id="one_step_status")
+                gr.Markdown("Or step by step, with edits: **1** speech, **2** footage, **3** predict, **4** adjust, "
+                            "**5** render.", elem_id="dub_steps")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
+                        gr.Markdown(STEPS[0], elem_classes="step")
+                        speech = gr.Audio(value=speeches[0] if speeches else None, sources=["upload", "microphone"],
+                                          type="filepath", label="Speech (wav, mp3, m4a)", elem_id="speech")
+                        gr.Markdown(STEPS[1], elem_classes="step")
                         subject = gr.Dropdown(subjects, value=first, label="Subject", elem_id="subject",
                                               allow_custom_value=True)
                         subject_md = gr.Markdown()
-                        speech = gr.Audio(value=speeches[0] if speeches else None, sources=["upload", "microphone"],
-                                          type="filepath", label="Speech (wav, mp3, m4a)", elem_id="speech")
                         template_clip = gr.Dropdown(clips, value=clips[0] if clips else None, allow_custom_value=True,
                                                     label="Template clip of the subject", elem_id="template")
                         template_upload = gr.Video(label="... or upload a template video", sources=["upload"],
@@ -93,6 +107,7 @@ def build():
                             variant = gr.Dropdown(trained, value="ours" if ("Ours", "ours") in trained else None,
                                                   allow_custom_value=True, label="Mapping model", elem_id="variant")
                             renderer = gr.Radio(["retrieval"], value="retrieval", label="Renderer")
+                        gr.Markdown(STEPS[2], elem_classes="step")
                         predict_btn = gr.Button("Predict", variant="primary", elem_id="predict")
                         summary = gr.Markdown(elem_id="summary")
                     with gr.Column(scale=2):
@@ -101,10 +116,15 @@ def build():
                                            elem_id="overlay")
                         with gr.Row():
                             frame = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="frame", scale=5)
-                            play_btn = gr.Button("Play", scale=1, min_width=80, elem_id="play")
+                            play_btn = gr.Button("Step through", scale=1, min_width=80, elem_id="play")
+                            play_sound_btn = gr.Button("Play with speech", scale=1, min_width=80,
+                                                       elem_id="play_sound")
+                        landmark_player = gr.Video(label="Landmarks at the clip's frame rate, with the speech",
+                                                   autoplay=True, height=300, interactive=False,
+                                                   elem_id="landmark_player")
                         timeline_plot = gr.Plot(label="Timeline (grey: silence, red: current frame)",
                                                 elem_id="timeline")
-                with gr.Accordion("Edits (applied on release; no re-run of the network)", open=True):
+                with gr.Accordion(STEPS[3], open=True):
                     with gr.Row():
                         reset_btn = gr.Button("Reset edits", size="sm")
                         save_btn = gr.Button("Save edits", size="sm")
@@ -144,7 +164,7 @@ def build():
                         map_btn = gr.Button("Show facial map", size="sm")
                     facemap_img = gr.Image(label="Facial map of the current frame", type="numpy", format="png",
                                            height=300, interactive=False, elem_id="facemap")
-                with gr.Accordion("Render", open=True):
+                with gr.Accordion(STEPS[4], open=True):
                     with gr.Row():
                         preview_btn = gr.Button("Preview frame", elem_id="preview")
                         r_start = gr.Number(0, precision=0, label="range from", min_width=90)
@@ -255,6 +275,7 @@ def build():
         frame.release(h.show_frame, [state, frame], [overlay], api_name="show_frame", **light).then(
             h.timeline_view, [state, frame], [timeline_plot], api_name="timeline", **light)
         play_btn.click(h.toggle_play, [playing], [playing, timer, play_btn], api_name="toggle_play")
+        play_sound_btn.click(h.landmark_video, [state], [landmark_player], api_name="landmark_video", **heavy)
         timer.tick(h.play_tick, [state, frame], [frame, overlay], api_name="play_tick", **light)
         edit_triggers = [c.release for c in controls if isinstance(c, gr.Slider)] + [
             c.input for c in controls if isinstance(c, gr.Checkbox)]

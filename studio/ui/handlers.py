@@ -324,6 +324,27 @@ def timeline_view(state: DubState, frame: int):
 
 
 @user_errors
+@user_errors
+def landmark_video(state: DubState, progress=gr.Progress()) -> str:
+    """Every frame's landmark overlay as an mp4 at the clip's frame rate, with the speech: the
+    prediction played as it will be timed in the dub -> mp4 path (in the session's folder)."""
+    pipe, _, tpl = _loaded(state)
+    lms = state.lms
+    n, s = state.frames, views.DISPLAY_SIZE
+    track = _track(tpl)
+    sp = pipe.speech(state.speech_path)
+    out = _output_path(state, "landmarks", ".mp4")
+    with media.VideoWriter(out, lms.fps, (s, s), audio=sp.signal, crf=23) as writer:
+        for i, frame in enumerate(pipe.template_frames(tpl, lms.frame_index, 0, n)):
+            tf = int(lms.frame_index[i])
+            face = track.crop(frame, tf, s)
+            writer.write(views.overlay(face, track.to_crop(lms.template[i], tf, s), track.to_crop(lms.points[i], tf, s),
+                                       caption=f"frame {i}  {i / lms.fps:.2f} s"))
+            if i % 25 == 0:
+                progress((i + 1) / n, desc=f"frame {i + 1}/{n}")
+    return str(out)
+
+
 def play_tick(state: DubState, frame: int):
     """One step of playback -> (next frame number, its overlay); wraps at the end."""
     if state is None or state.lms is None:
@@ -341,9 +362,9 @@ def frame_range_limits(state: DubState):
 
 
 def toggle_play(playing: bool):
-    """Play/Pause -> (playing, timer, button)."""
+    """Step through/Pause (the frame slider, one frame per tick) -> (playing, timer, button)."""
     playing = not playing
-    return playing, gr.Timer(active=playing), gr.update(value="Pause" if playing else "Play")
+    return playing, gr.Timer(active=playing), gr.update(value="Pause" if playing else "Step through")
 
 
 # -- edits ------------------------------------------------------------------------------------------
