@@ -1,6 +1,7 @@
 """Mapping training, checkpoints, inference helpers, evaluation and the ablation runner (tiny)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -341,6 +342,40 @@ def test_cli_train_evaluate_and_ablate(tmp_path, clips, capsys):
     assert jaw_row.count("n/a") == 2
     assert table.set_index("variant").loc["lstm", "jaw_mse_mean"] is None or np.isnan(
         table.set_index("variant").loc["lstm", "jaw_mse_mean"])
+
+
+def test_ablation_timing_is_cpu_time_with_the_machine_load(trained, clips, monkeypatch):
+    """Inference is timed in CPU seconds, which time spent waiting (here: sleeping, as when other jobs
+    hold the cores) does not inflate, unlike the wall time; the load average and cores are recorded,
+    and a load above the cores flags the timing as taken on a busy machine (in the tables too)."""
+    import time
+
+    import pandas as pd
+
+    from studio.train.ablate import aggregate, markdown_table
+
+    model = ck.MappingModel.load(trained)
+    predict = model.predict
+
+    def waiting_predict(*args, **kwargs):
+        out = predict(*args, **kwargs)
+        time.sleep(0.1)
+        return out
+
+    monkeypatch.setattr(model, "predict", waiting_predict)
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 2.5, 1.0, 1.0))
+    res = evaluate(model, clips, (0.5, 1.0), timing=True, threads=1)
+    assert res["inference_seconds_5min"] >= 0.1
+    assert 0 < res["inference_cpu_seconds_5min"] < res["inference_seconds_5min"] - 0.05
+    assert res["load_1min"] == cores + 2.5 and res["cores"] == cores and res["timing_busy"] == 1
+    table = aggregate(pd.DataFrame([{"variant": "ours", **res}]))
+    assert table.loc[0, "inference_cpu_seconds_5min_mean"] == res["inference_cpu_seconds_5min"]
+    assert table.loc[0, "timing_busy_mean"] == 1
+    md = markdown_table(table, seeds=1)
+    assert "Infer 5 min CPU (s)" in md and f"busy (1-min load average up to {cores + 2.5:.1f} on {cores} cores)" in md
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 1.0, 1.0))
+    assert evaluate(model, clips, (0.5, 1.0), timing=True, threads=1)["timing_busy"] == 0
 
 
 def test_evaluation_targets(tmp_path, trained):

@@ -198,6 +198,21 @@ def _read_image(value):
     return iio.imread(_path(value))
 
 
+def test_ablations_tab_shows_units_lstm_note_and_estimate(served):
+    """The Ablations tab carries the table's legend (units, number format, the LSTM/BiLSTM note) on
+    the page, and the run-time estimate is served for the settings before anything runs."""
+    import httpx
+
+    from studio.ui.ablations import LEGEND, LSTM_NOTE
+
+    demo, subject, _ = served
+    config = httpx.get(f"{demo.local_url}config", timeout=30).json()
+    legend = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "ablation_legend"]
+    assert legend and legend[0]["props"]["value"] == LEGEND and LSTM_NOTE in LEGEND and "×10⁻³" in LEGEND
+    text = _client(demo).predict(str(subject.resolve()), ["ours", "lstm"], 2, 0, api_name="/ablation_estimate")
+    assert "Estimate" in text and "4 models" in text
+
+
 def test_subjects_built_after_start_appear_on_load(served, tmp_path):
     """A subject folder that appears after the server started (built by another session, or before
     a page reload) is offered by the page-load refresh of both subject lists."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -552,6 +553,176 @@ def test_run_ablation_input_errors(env, h):
         list(h.run_ablation(DubState.new(), None, ["ours"], 1, 1))
 
 
+def _table(rows):
+    """table.csv rows (as ``studio ablate`` aggregates them) from per-(variant, seed) rows."""
+    import pandas as pd
+
+    from studio.train.ablate import aggregate
+
+    return aggregate(pd.DataFrame(rows))
+
+
+def _run_rows(seeds: int, variants=("no-pose", "ours", "lstm"), **extra):
+    return [{"variant": v, "seed": s, "mouth_mse": 0.01 * (k + 1) + 0.001 * s,
+             "jaw_mse": None if v in ("lstm", "bilstm") else 0.02 + 0.001 * s,
+             "train_seconds": 10.0 + s, "train_cpu_seconds": 9.0 + s, "inference_seconds_5min": 0.5,
+             "inference_cpu_seconds_5min": 0.04, "dub_inner_r": 0.5 + 0.1 * k + 0.001 * s, "epochs": 5, **extra}
+            for k, v in enumerate(variants) for s in range(seeds)]
+
+
+def _own_run(h, subject: str, state, rows) -> None:
+    """A finished run of ``state``'s session holding ``rows`` (no training)."""
+    from studio.ui import ablations
+
+    settings = ablations.RunSettings(tuple(sorted({r["variant"] for r in rows})), 1, None, "cpu")
+    folder, _ = ablations.run_folder(h.ablation_root(subject), state.session_id, settings)
+    ablations.write_run(ablations.RunInfo(folder, state.session_id, time.time(), settings))
+    _table(rows).to_csv(folder / ablations.TABLE_CSV, index=False)
+
+
+class _FinishedJob:
+    running, cancelled, returncode = False, False, 0
+
+    def cancel(self):
+        pass
+
+    def error_text(self):
+        return ""
+
+
+def test_ablation_runs_are_per_session_and_keep_the_reference(env, h, monkeypatch):
+    """Two sessions' runs write their own folders; each sees its own table; neither touches the
+    subject's reference table; the estimate comes before the job starts; timing on one thread."""
+    import pandas as pd
+
+    from studio.ui import jobs
+    from studio.ui.session import DubState
+
+    started = []
+
+    def fake_start(session_id, args, log_path):  # `studio ablate` without the training
+        out, seeds = Path(args[args.index("--out") + 1]), int(args[args.index("--seeds") + 1])
+        started.append(args)
+        out.mkdir(parents=True, exist_ok=True)
+        _table(_run_rows(seeds, ("no-pose", "ours"))).to_csv(out / "table.csv", index=False)
+        return _FinishedJob()
+
+    monkeypatch.setattr(jobs, "start", fake_start)
+    reference = Path(env["subject"]) / "ablation" / "table.csv"
+    if not reference.is_file():
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        _table(_run_rows(3, ("no-pose", "ours", "lstm"))).to_csv(reference, index=False)
+    before = reference.read_bytes()
+    a, b = DubState.new(), DubState.new()
+
+    run_a = h.run_ablation(a, env["subject"], ["ours", "no-pose"], 3, 2)
+    first = next(run_a)
+    estimate_first = "Estimate" in first[2] and not started  # on screen before the job starts
+    table_a = list(run_a)[-1][0]
+    table_b = list(h.run_ablation(b, env["subject"], ["ours", "no-pose"], 1, 2))[-1][0]
+    outs = [Path(args[args.index("--out") + 1]) for args in started]
+    assert len(set(outs)) == 2  # one folder per run: B's did not overwrite A's
+    assert [len(pd.read_csv(o / "table.csv")) for o in outs] == [2, 2]
+    assert list(table_a["seeds"]) == [3, 3] and all("±" in c for c in table_a["Mouth MSE"])
+    assert list(table_b["seeds"]) == [1, 1] and not any("±" in c for c in table_b["Mouth MSE"])
+    assert estimate_first
+    assert all(args[args.index("--threads") + 1] == "1" for args in started)
+
+    # after B's 1-seed run, A still sees its own 3-seed table, and a page without a session the reference
+    again_a, _, note_a = h.ablation_results(env["subject"], None, a)
+    assert list(again_a["seeds"]) == [3, 3] and "your run" in note_a
+    assert h.ablation_subject(env["subject"], b)[0]["seeds"].tolist() == [1, 1]
+    ref_table, _, ref_note = h.ablation_results(env["subject"])
+    assert "reference" in ref_note and len(ref_table) == len(pd.read_csv(reference))
+    assert reference.read_bytes() == before
+
+
+def test_ablation_estimate_before_the_run(env, h):
+    """The cost of a run is shown for the settings before Run is pressed, and says how it was worked out."""
+    from studio.ui import ablations
+
+    text = h.ablation_estimate(env["subject"], ["ours", "no-pose", "lstm"], 2, 0)
+    assert "Estimate" in text and "6 models" in text and "3 variants × 2 seeds" in text
+    assert "measured on this subject's earlier trainings" in text
+    assert "Ours" in text and "LSTM" in text and "not measured yet" in text  # the tiny subject has no LSTM
+    assert h.ablation_estimate(env["subject"], [], 2, 0) == ""
+    # the arithmetic: seeds x sum(epochs x s/epoch + evaluation); unmeasured: the measured median, the cap
+    settings = ablations.RunSettings(("ours", "lstm"), 2, None, "cpu")
+    est = ablations.estimate_run(settings, 60, {"ours": ablations.EpochCost(2.0, 10.0, 1)})
+    per_seed = (10 * 2.0 + ablations.EVAL_SECONDS) + (60 * 2.0 + ablations.EVAL_SECONDS)
+    assert est.seconds == ablations.STARTUP_SECONDS + 2 * per_seed
+    assert "about 5 min" in est.text and "a rough constant" in est.text
+    measured = ablations.estimate_run(settings, 60, {"ours": ablations.EpochCost(2.0, 10.0, 1)}, evaluation=65.0)
+    assert measured.seconds == est.seconds + 2 * 2 * (65.0 - ablations.EVAL_SECONDS)
+    assert "measured in earlier runs" in measured.text
+
+
+def test_ablation_table_fits_with_one_number_format(env, h):
+    """At most 7 columns with short headers, every cell 'mean ± std' to 3 significant digits (the
+    same decimals for both), no '± 0' for one seed, units and the LSTM/BiLSTM note in the legend."""
+    from studio.ui import ablations
+    from studio.ui.session import DubState
+
+    state = DubState.new()
+    _own_run(h, env["subject"], state, _run_rows(3, ("no-pose", "g2-pose", "ours", "lstm", "bilstm")))
+    table, _, _ = h.ablation_results(env["subject"], None, state)
+    assert len(table.columns) <= 7 and all(len(c) <= 12 for c in table.columns)
+    cell = re.compile(r"^(n/a|-?\d+(\.(\d+))? ± \d+(\.(\d+))?)$")
+    for col in table.columns[1:-1]:
+        for value in table[col]:
+            m = cell.match(value)
+            assert m, (col, value)
+            if value != "n/a":
+                mean, std = value.split(" ± ")
+                assert len(mean.partition(".")[2]) == len(std.partition(".")[2])
+                assert len(mean.replace("-", "").replace(".", "").lstrip("0")) == 3, value
+    assert list(table.set_index("model").loc[["LSTM", "BiLSTM"], "Jaw MSE"]) == ["n/a", "n/a"]
+    assert table["Mouth MSE"][0] == "11.0 ± 1.0"  # 0.011 ± 0.001 shown x 10^3, as the legend says
+    one = DubState.new()
+    _own_run(h, env["subject"], one, _run_rows(1))
+    assert not any("±" in c for c in h.ablation_results(env["subject"], None, one)[0]["Mouth MSE"])
+    assert "LSTM/BiLSTM predict the mouth only (jaw n/a)" in ablations.LEGEND
+    assert "×10⁻³" in ablations.LEGEND and "CPU seconds" in ablations.LEGEND
+
+
+def test_ablation_timing_column_is_cpu_time_with_a_load_flag(env, h):
+    """The time columns show CPU seconds, not the wall time a concurrent job inflated; a model timed
+    on a busy machine is marked and the note says how busy."""
+    from studio.ui.session import DubState
+
+    rows = _run_rows(2, ("no-pose", "g2-pose"), load_1min=1.0, cores=2, timing_busy=0)
+    for r in rows:
+        if r["variant"] == "g2-pose":
+            r.update(inference_seconds_5min=0.66, inference_cpu_seconds_5min=0.05, load_1min=3.4, timing_busy=1)
+    state = DubState.new()
+    _own_run(h, env["subject"], state, rows)
+    table, _, note = h.ablation_results(env["subject"], None, state)
+    infer = table.set_index("model")["Infer CPU s"]
+    assert infer["G2 pose"] == "0.0500 ± 0.0000 *" and infer["No pose"] == "0.0400 ± 0.0000"
+    assert "Train CPU s" in table.columns and "0.66" not in " ".join(infer)
+    assert "G2 pose: timed while the machine was busy" in note and "3.4 on 2 cores" in note
+
+
+def test_ablation_reading_names_the_winner_and_the_seed_spread(env, h):
+    from studio.ui import ablations
+    from studio.ui.session import DubState
+
+    def rows(spread: float, seeds: int = 3):
+        return [{"variant": v, "seed": s, "mouth_mse": 0.002, "jaw_mse": 0.002,
+                 "dub_inner_r": mean + spread * (s - 1)}
+                for v, mean in (("no-pose", 0.60), ("ours", 0.62), ("lstm", 0.40)) for s in range(seeds)]
+
+    close = ablations.reading(_table(rows(0.05)))
+    assert "**Ours** wins" in close and "No pose" in close and "0.020" in close
+    assert "within seed spread" in close
+    clear = ablations.reading(_table(rows(0.001)))
+    assert "**Ours** wins" in clear and "beyond the seed spread" in clear
+    assert "one seed" in ablations.reading(_table(rows(0.05, seeds=1)))
+    state = DubState.new()
+    _own_run(h, env["subject"], state, rows(0.05))
+    assert "within seed spread" in h.ablation_results(env["subject"], None, state)[2]
+
+
 def test_compare_variants_side_by_side(env, h):
     from studio.ui.session import DubState
 
@@ -581,7 +752,7 @@ def tiny_preset(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_build_subject_from_real_footage(env, h, shared, tiny_preset, monkeypatch):
+def test_build_subject_from_real_footage(env, h, shared, tiny_preset, monkeypatch, tmp_path):
     from studio.subject import Subject
     from studio.ui.session import DubState, user_subjects_dir
 
@@ -600,6 +771,7 @@ def test_build_subject_from_real_footage(env, h, shared, tiny_preset, monkeypatc
     assert [t for t in loss.data if t.name.startswith("ours")]
     subject = Subject.load(folder)
     assert subject.manifest.variants == ("ours",) and subject.manifest.retrieval
+    assert subject.clips()[0].meta.audio_seconds > 19  # the separate speech file was used
     # the new subject dubs
     state = h.predict(DubState.new(), str(folder), env["speech"], None, None, "ours")[0]
     assert state.frames == round(3.0 * state.prediction.fps)

@@ -14,6 +14,10 @@ Split: with ``--test CLIP_DIR...`` the models train on all of the CLIP_DIRs and 
 held-out test clips; otherwise each clip's first (1 - test_fraction) of time trains (its last
 20% of that is the early-stopping validation block) and the rest tests. Standard deviations are
 sample standard deviations (ddof=1) over seeds.
+
+Timing: training and the 5-minute inference in wall and in CPU seconds, with the machine's load at
+the timing (``studio.train.evaluate``; ``--threads 1`` gives the steadiest numbers), and
+``eval_seconds``, the wall time of each model's evaluation.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,8 +44,11 @@ TABLE_CSV = "table.csv"
 
 TABLE_ORDER = ("no-pose", "g1-pose", "g2-pose", "ours", "no-cheek", "ours-paper", "lstm", "bilstm")
 LABELS = VARIANT_LABELS
-METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "train_cpu_seconds", "inference_seconds_5min", "mouth_rmse_px",
-           "jaw_rmse_px", "velocity_rmse_px", "epochs",
+METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "train_cpu_seconds", "inference_seconds_5min",
+           "inference_cpu_seconds_5min", "mouth_rmse_px", "jaw_rmse_px", "velocity_rmse_px", "epochs",
+           # the machine at the inference timing (studio.train.evaluate.MachineLoad); timing_busy 0/1
+           "load_1min", "cores", "timing_busy",
+           "eval_seconds",  # wall seconds of one model's evaluation (the studio's run-time estimate uses it)
            # dubbing protocol (studio.train.evaluate.dubbing_pairs): the model's dub, and the paper protocol
            "dub_inner_r", "dub_inner_lag", "dub_inner_r_best", "dub_inner_amplitude", "dub_outer_r", "dub_chin_r",
            "dub_chin_amplitude", "dub_mouth_lmd", "template_inner_r", "energy_inner_r", "energy_inner_r_best",
@@ -49,6 +57,7 @@ METRICS = ("mouth_mse", "jaw_mse", "train_seconds", "train_cpu_seconds", "infere
 ROWS = (("mouth_mse", "Mouth MSE", True), ("jaw_mse", "Jaw MSE", True),
         ("train_seconds", "Train (s)", False), ("train_cpu_seconds", "Train CPU (s)", False),
         ("inference_seconds_5min", "Infer 5 min (s)", False),
+        ("inference_cpu_seconds_5min", "Infer 5 min CPU (s)", False),
         ("mouth_rmse_px", "Mouth RMSE (px @720)", False), ("jaw_rmse_px", "Jaw RMSE (px @720)", False),
         ("velocity_rmse_px", "Velocity error (px/frame @720)", False))
 # rows of the dubbing-protocol table: (metric, label)
@@ -104,9 +113,11 @@ def ablate(clips: Sequence[Clip], out_dir: str | os.PathLike[str], seeds: int = 
     for variant, seed in tqdm(jobs, desc="ablation", unit="model", disable=not progress):
         ckpt = train_mapping(clips, variant, models / variant / f"seed{seed}", preset, seed,
                              span=train_span, progress=progress, **train_overrides)
+        t0 = time.perf_counter()
         result = evaluate(ckpt, tests, test_span, timing=timing, threads=threads, target=target)
         if protocol == "dubbing":
             result.update(_dub_columns(dubbing_pairs(MappingModel.load(ckpt), plan)))
+        result["eval_seconds"] = time.perf_counter() - t0
         log.info("%s seed %d: mouth %.4g jaw %s train %.0f s", variant, seed, result["mouth_mse"],
                  result["jaw_mse"], result["train_seconds"])
         rows.append({"variant": variant, **{k: result.get(k) for k in ("seed", *METRICS, "frames", "target")}})
@@ -207,7 +218,8 @@ def markdown_table(table, seeds: int | None = None, split: str = "") -> str:
         "brow/eye/nose points), mean over frames and x/y coordinates; Mouth = 20 mouth points, Jaw = 9 jaw "
         "points. px @720: point RMSE in a 720x720 crop where the face scale is 100 px. Train: wall seconds "
         "to early stop on this (shared) CPU; Train CPU: process CPU seconds. Infer: one pass over 5 min "
-        "(7,500 frames). LSTM/BiLSTM predict the mouth only (jaw n/a).",
+        "(7,500 frames), wall seconds; Infer CPU: the same pass in process CPU seconds (steady under load). "
+        "LSTM/BiLSTM predict the mouth only (jaw n/a)." + _load_note(table),
         "Dubbing protocol: each test clip's speech drives the model with the pose and cheek points of a template "
         "taken from ANOTHER clip (what a user's dub does), compared with the test clip's real mouth "
         "(studio.metrics: openings in each face's own frame; lag > 0 = late). Paper protocol: the test clip's own "
@@ -221,9 +233,16 @@ def figure(table):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    panels = [("mouth_mse", "Mouth MSE"), ("jaw_mse", "Jaw MSE"), ("train_seconds", "Training time (s)"),
-              ("inference_seconds_5min", "Inference, 5 min audio (s)")]
-    dubbing = "dub_inner_r_mean" in table and table["dub_inner_r_mean"].notna().any()
+    def has(metric: str) -> bool:
+        return f"{metric}_mean" in table and table[f"{metric}_mean"].notna().any()
+
+    # CPU seconds where the table has them (steady on a shared machine), else the wall seconds
+    panels = [("mouth_mse", "Mouth MSE"), ("jaw_mse", "Jaw MSE"),
+              ("train_cpu_seconds", "Training, CPU s") if has("train_cpu_seconds")
+              else ("train_seconds", "Training time (s)"),
+              ("inference_cpu_seconds_5min", "Inference, 5 min audio, CPU s") if has("inference_cpu_seconds_5min")
+              else ("inference_seconds_5min", "Inference, 5 min audio (s)")]
+    dubbing = has("dub_inner_r")
     if dubbing:
         panels += [("dub_inner_r", "Dub: inner-lip opening r (real mouth)"),
                    ("dub_inner_amplitude", "Dub: amplitude (pred/real std)")]
@@ -237,11 +256,32 @@ def figure(table):
         fig.add_trace(go.Bar(x=list(sub["label"]), y=list(sub[f"{metric}_mean"]), name=title,
                              error_y={"type": "data", "array": list(sub[f"{metric}_std"]), "visible": True},
                              showlegend=False), row=row, col=col)
-        if metric in ("mouth_mse", "jaw_mse", "inference_seconds_5min"):
+        if metric in ("mouth_mse", "jaw_mse", "inference_seconds_5min", "inference_cpu_seconds_5min"):
             fig.update_yaxes(type="log", row=row, col=col)
     fig.update_layout(title="Ablation (paper's Table 1 + dubbing protocol): mean ± std over seeds", height=800,
                       width=1100 if cols == 2 else 1500)
     return fig
+
+
+def _load_note(table) -> str:
+    """' Timed while the machine was busy ...' naming the models whose inference timing ran while the
+    1-minute load average exceeded the cores (studio.train.evaluate.MachineLoad), else ''."""
+    if "timing_busy_mean" not in table:
+        return ""
+    busy = table[_numeric(table["timing_busy_mean"]) > 0]
+    if busy.empty:
+        return ""
+    load, cores = _numeric(busy["load_1min_mean"]).max(), _numeric(busy["cores_mean"]).max()
+    where = "" if math.isnan(load) or math.isnan(cores) else \
+        f" (1-min load average up to {load:.1f} on {cores:.0f} cores)"
+    return f" Timed while the machine was busy{where}: {', '.join(busy['label'])}; their wall times include other work."
+
+
+def _numeric(column):
+    """A table column as floats (NaN for missing)."""
+    import pandas as pd
+
+    return pd.to_numeric(column, errors="coerce").astype(float)
 
 
 def _split_text(test_clips, test_fraction: float) -> str:

@@ -16,7 +16,11 @@ The last line printed is one JSON object. Units:
   the same per point in crop pixels per frame.
 - ``train_seconds`` (wall) and ``train_cpu_seconds`` (process CPU time, steadier on a shared
   machine) from the checkpoint; ``inference_seconds_5min``: median wall time of one ``predict``
-  over 7,500 frames (5 minutes at 25 fps) on this machine.
+  over 7,500 frames (5 minutes at 25 fps) on this machine, ``inference_cpu_seconds_5min`` the
+  same pass in process CPU seconds (all threads; what the work costs, which other jobs on the
+  machine barely change, unlike the wall time). ``load_1min`` / ``cores`` / ``timing_busy``: the
+  1-minute load average and usable cores at the timing, and whether the load exceeded the cores
+  (other processes competed for them: read the wall times with care).
 
 Targets (``--target``): by default synthetic clips are compared with their noise-free
 ``gt_landmarks`` (normalized with the clip's own nose centre and face scale, as the inputs are),
@@ -95,20 +99,68 @@ def summarize(sums: dict[str, float], predicts_jaw: bool = True) -> dict[str, An
     }
 
 
-def inference_seconds(model: MappingModel, n_frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5) -> float:
-    """Median seconds of one ``model.predict`` over ``n_frames`` frames (after one warm-up)."""
+@dataclass(frozen=True)
+class MachineLoad:
+    """The machine's 1-minute load average (None where the OS has none) and the cores this
+    process may use. ``busy``: more runnable work than cores, so timings were shared."""
+
+    load_1min: float | None
+    cores: int
+
+    @property
+    def busy(self) -> bool:
+        return self.load_1min is not None and self.load_1min > self.cores
+
+
+def machine_load() -> MachineLoad:
+    """The load now (see :class:`MachineLoad`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load: float | None = float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        load = None
+    return MachineLoad(load, max(1, cores))
+
+
+@dataclass(frozen=True)
+class InferenceTiming:
+    """One ``MappingModel.predict`` pass, median over repeats: wall seconds, and process CPU
+    seconds (all threads), which other processes on the machine barely change; the torch threads
+    and the machine's load (the higher of before and after) it was measured with."""
+
+    wall_seconds: float
+    cpu_seconds: float
+    threads: int
+    load: MachineLoad
+
+
+def inference_timing(model: MappingModel, n_frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5) -> InferenceTiming:
+    """Time ``model.predict`` over ``n_frames`` frames (after one warm-up), wall and CPU."""
     rng = np.random.default_rng(0)
     n = model.norm
     audio = (n.audio_mean + n.audio_std * rng.standard_normal((4 * n_frames, 26))).astype(np.float32)
     pose = (n.pose_mean + n.pose_std * rng.standard_normal((n_frames, 3))).astype(np.float32)
     cheek = (n.cheek_mean + n.cheek_std * rng.standard_normal((n_frames, 16))).astype(np.float32)
+    before = machine_load()
     model.predict(audio, pose, cheek)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model.predict(audio, pose, cheek)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    after = machine_load()
+    loads = [x.load_1min for x in (before, after) if x.load_1min is not None]
+    return InferenceTiming(float(np.median(walls)), float(np.median(cpus)), _threads(),
+                           MachineLoad(max(loads) if loads else None, after.cores))
+
+
+def inference_seconds(model: MappingModel, n_frames: int = FIVE_MINUTES_FRAMES, repeats: int = 5) -> float:
+    """Median wall seconds of one ``model.predict`` over ``n_frames`` frames (after one warm-up)."""
+    return inference_timing(model, n_frames, repeats).wall_seconds
 
 
 TARGETS = ("auto", "gt", "visible", "detected")
@@ -329,11 +381,13 @@ def evaluate(ckpt_dir: str | os.PathLike[str] | MappingModel, clips: Sequence[Cl
     res = cfg.get("result", {})
     result.update(variant=model.variant, seed=cfg.get("seed"), checkpoint=str(model.directory),
                   train_seconds=res.get("train_seconds"), train_cpu_seconds=res.get("train_cpu_seconds"),
-                  epochs=res.get("epochs"), inference_seconds_5min=None)
+                  epochs=res.get("epochs"), inference_seconds_5min=None, inference_cpu_seconds_5min=None)
     if timing:
         with torch_threads(threads):
-            result["inference_seconds_5min"] = inference_seconds(model)
-            result["inference_threads"] = _threads()
+            t = inference_timing(model)
+        result.update(inference_seconds_5min=t.wall_seconds, inference_cpu_seconds_5min=t.cpu_seconds,
+                      inference_threads=t.threads, load_1min=t.load.load_1min, cores=t.load.cores,
+                      timing_busy=int(t.load.busy))
     return result
 
 

@@ -50,6 +50,7 @@ def build():
     from studio.edits import RANGES
     from studio.face.layout import PCA_DIM
     from studio.subject import ALL_VARIANTS, VARIANT_LABELS
+    from studio.ui import ablations as ablation_view
     from studio.ui import handlers as h
     from studio.ui.session import DubState, drop_session, sample_speeches
 
@@ -226,9 +227,12 @@ def build():
                     a_show = gr.Button("Show results")
                     a_run = gr.Button("Run ablation", variant="primary")
                     a_cancel = gr.Button("Cancel", variant="stop")
-                a_note = gr.Markdown()
-                a_table = gr.Dataframe(headers=["model", "Mouth MSE", "Jaw MSE", "Train (s)", "Infer 5 min (s)",
-                                                "seeds"], label="Table 1 (mean ± std over seeds)", interactive=False)
+                a_estimate = gr.Markdown(elem_id="ablation_estimate")
+                a_note = gr.Markdown(elem_id="ablation_note")
+                a_table = gr.Dataframe(headers=ablation_view.HEADERS, label="Table 1 (mean ± std over seeds)",
+                                       interactive=False, wrap=True, column_widths=ablation_view.COLUMN_WIDTHS,
+                                       max_height=900, elem_id="ablation_table")
+                gr.Markdown(ablation_view.LEGEND, elem_id="ablation_legend")
                 a_fig = gr.Plot(label="Table 1 as bars (error bars: std over seeds)")
                 with gr.Accordion("A new person from one short clip: the multi-speaker prior, "
                                   "leave-one-speaker-out", open=False):
@@ -306,10 +310,15 @@ def build():
         s_cancel.click(h.cancel, [state], None, api_name="cancel_job")
 
         ablation_outputs = [a_table, a_fig, a_note, c_template, c_variants]
-        ablations_tab.select(h.ablation_subject, [a_subject], ablation_outputs, api_name="init_ablations",
+        ablations_tab.select(h.ablation_subject, [a_subject, state], ablation_outputs, api_name="init_ablations",
                              show_progress="hidden")
-        a_subject.input(h.ablation_subject, [a_subject], ablation_outputs, api_name="ablation_subject")
-        a_show.click(h.ablation_results, [a_subject, a_variants], [a_table, a_fig, a_note], api_name="ablation_results")
+        a_subject.input(h.ablation_subject, [a_subject, state], ablation_outputs, api_name="ablation_subject")
+        # the run's cost is on screen before Run is pressed, and follows the settings
+        gr.on([ablations_tab.select, a_subject.change, a_variants.change, a_seeds.change, a_epochs.change],
+              h.ablation_estimate, [a_subject, a_variants, a_seeds, a_epochs], [a_estimate],
+              api_name="ablation_estimate", show_progress="hidden")
+        a_show.click(h.ablation_results, [a_subject, a_variants, state], [a_table, a_fig, a_note],
+                     api_name="ablation_results")
         a_run.click(h.run_ablation, [state, a_subject, a_variants, a_seeds, a_epochs], [a_table, a_fig, a_note],
                     api_name="run_ablation", **training)
         a_cancel.click(h.cancel, [state], None, api_name="cancel_ablation")

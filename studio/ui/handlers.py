@@ -33,7 +33,7 @@ from studio.errors import CancelledError, CheckpointError, InputError, StudioErr
 from studio.face.layout import MOUTH_DIM, PCA_DIM
 from studio.lru import LRU
 from studio.subject import ALL_VARIANTS, VARIANT_LABELS
-from studio.ui import jobs, views
+from studio.ui import ablations, jobs, views
 from studio.ui.session import (
     AUDIO_EXTENSIONS,
     DubState,
@@ -705,48 +705,26 @@ def _sample_image(path: str | None) -> np.ndarray | None:
 
 # -- Ablations tab ----------------------------------------------------------------------------------
 
-def ablation_run_dir(subject_dir: str) -> Path:
-    """Where the studio's ablation runs of a subject write (beside the user's subjects)."""
+def ablation_root(subject_dir: str) -> Path:
+    """Where the studio's ablation runs of a subject live (beside the user's subjects), one folder
+    per run (:mod:`studio.ui.ablations`)."""
     return user_subjects_dir().parent / "ablations" / safe_name(Path(subject_dir).name)
 
 
-def ablation_dir(subject_dir: str) -> Path:
-    """Where a subject's Table 1 is read from: the studio's own run if there is one, else the
-    subject's ablation/ folder (a bundled subject may ship its results), else the run folder."""
-    run = ablation_run_dir(subject_dir)
-    own = Path(subject_dir) / "ablation"
-    from studio.train.ablate import TABLE_CSV
-
-    if not (run / TABLE_CSV).is_file() and (own / TABLE_CSV).is_file():
-        return own
-    return run
-
-
-def _table_view(table):
-    """table.csv rows -> a display DataFrame: one row per variant, 'mean ± std' cells."""
-    import pandas as pd
-
-    from studio.train.ablate import DUB_ROWS, ROWS
-
-    out = {"model": list(table["label"])}
-    for metric, label in [(m, lab) for m, lab, _ in ROWS] + list(DUB_ROWS):
-        if f"{metric}_mean" not in table:
-            continue
-        cells = []
-        for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"]):
-            cells.append("n/a" if pd.isna(m) else f"{m:.4g} ± {0.0 if pd.isna(s) else s:.2g}")
-        out[label] = cells
-    out["seeds"] = list(table["seeds"]) if "seeds" in table else [""] * len(table)
-    return pd.DataFrame(out)
+def ablation_dir(subject_dir: str, state: DubState | None = None) -> Path:
+    """Where a session's Table 1 is read from: its own newest finished run, else the subject's
+    ablation/ folder (a bundled subject may ship its results; the studio never writes there)."""
+    sid = state.session_id if state is not None else ""
+    return ablations.results_folder(ablation_root(subject_dir), subject_dir, sid)[0]
 
 
 @user_errors
-def ablation_subject(subject_dir: str | None):
+def ablation_subject(subject_dir: str | None, state: DubState | None = None):
     """Ablations tab subject picked -> (table, figure, note, template clip dropdown, variant checkboxes)."""
-    table, fig, note = ablation_results(subject_dir)
+    table, fig, note = ablation_results(subject_dir, None, state)
     if not subject_dir:
         return table, fig, note, gr.update(choices=[], value=None), gr.update(choices=[], value=[])
-    m = get_pipeline().subject(check_subject(subject_dir)).manifest
+    m = get_pipeline().subject(check_subject(subject_dir, state)).manifest
     variants = _variant_choices(m.variants)
     return (table, fig, note, gr.update(choices=list(m.clips), value=m.clips[0] if m.clips else None),
             gr.update(choices=variants, value=[v for _, v in variants][:2]))
@@ -766,64 +744,108 @@ def loso_results() -> str:
 
 
 @user_errors
-def ablation_results(subject_dir: str | None, variants: Sequence[str] | None = None):
-    """Existing Table 1 results of a subject -> (dataframe, plotly figure, note)."""
+def ablation_results(subject_dir: str | None, variants: Sequence[str] | None = None, state: DubState | None = None):
+    """This session's Table 1 of a subject (its newest run, else the subject's reference table)
+    -> (dataframe, plotly figure, note: a plain reading, the timing conditions, where it is from)."""
     import pandas as pd
 
     from studio.train.ablate import figure
 
     if not subject_dir:
         return None, None, "Pick a subject."
-    d = ablation_dir(check_subject(subject_dir))
+    subject_dir = check_subject(subject_dir, state)
+    sid = state.session_id if state is not None else ""
+    d, run = ablations.results_folder(ablation_root(subject_dir), subject_dir, sid)
     try:
-        from studio.train.ablate import TABLE_CSV
-
-        table = pd.read_csv(d / TABLE_CSV)
+        table = pd.read_csv(d / ablations.TABLE_CSV)
     except (OSError, ValueError):
-        return None, None, f"No ablation results for this subject yet (looked in `{d}`); press **Run ablation**."
+        return None, None, "No ablation results for this subject yet; press **Run ablation**."
     if variants:
         table = table[table["variant"].isin(list(variants))]
     if table.empty:
         return None, None, "None of the picked variants is in the results."
     table = table.assign(label=[VARIANT_LABELS.get(v, v) for v in table["variant"]])
-    return _table_view(table), figure(table), f"Results from `{d}`."
+    source = run.describe() if run is not None else "the subject's reference table (runs never change it)"
+    parts = [ablations.reading(table), ablations.timing_text(table, run), f"Results from {source}: `{d}`."]
+    return ablations.table_view(table), figure(table), "\n\n".join(p for p in parts if p)
+
+
+def _run_estimate(subject_dir: str, settings: "ablations.RunSettings") -> "ablations.RunEstimate":
+    """The run time of ``settings`` from this subject's earlier trainings and ablation runs."""
+    root = ablation_root(subject_dir)
+    costs = ablations.epoch_costs(ablations.training_configs(subject_dir, root))
+    evaluation = ablations.evaluation_seconds(ablations.run_tables(subject_dir, root))
+    return ablations.estimate_run(settings, ablations.preset_max_epochs(settings.preset), costs, evaluation)
+
+
+@user_errors
+def ablation_estimate(subject_dir: str | None, variants: Sequence[str] | None, seeds: float | None,
+                      max_epochs: float | None) -> str:
+    """How long **Run ablation** would take with these settings (markdown), shown before it is
+    pressed; empty without a known subject or a variant (the other handlers say what is wrong)."""
+    variants = [v for v in (variants or []) if v in ALL_VARIANTS]
+    try:
+        subject_dir = check_subject(subject_dir)
+    except InputError:
+        return ""
+    if not variants:
+        return ""
+    return _run_estimate(subject_dir, ablations.settings_from(variants, seeds, max_epochs, train_preset())).text
 
 
 @user_errors
 def run_ablation(state: DubState, subject_dir: str | None, variants: Sequence[str], seeds: float,
                  max_epochs: float | None, progress=gr.Progress()):
-    """Train + evaluate the picked variants (child process) -> streams (dataframe, figure, note)."""
-    subject_dir = check_subject(subject_dir)
+    """Train + evaluate the picked variants (child process) in this session's own run folder
+    -> streams (dataframe, figure, note): first the time estimate, then progress, then the table."""
+    subject_dir = check_subject(subject_dir, state)
     variants = [v for v in (variants or []) if v in ALL_VARIANTS]
     if not variants:
         raise InputError("No variants picked.", "Tick at least one model to train.")
-    subject = get_pipeline().subject(subject_dir)
-    out = ablation_run_dir(subject_dir)
-    clip_dirs = [str(subject.directory / "clips" / c) for c in subject.manifest.clips]
-    args = ["ablate", *clip_dirs, "--seeds", str(int(seeds or 1)), "--out", str(out), "--preset", train_preset(),
-            "--variants", *variants]
-    if max_epochs:
-        args += ["--max-epochs", str(int(max_epochs))]
     state = state or DubState.new()
+    subject = get_pipeline().subject(subject_dir)
+    settings = ablations.settings_from(variants, seeds, max_epochs, train_preset())
+    estimate = _run_estimate(subject_dir, settings)
+    yield gr.skip(), gr.skip(), f"Starting. {estimate.text}"
+    busy = jobs.current(state.session_id)
+    if busy is not None and busy.running:
+        raise InputError("A training job is already running in this session.", "Wait for it to finish or press Cancel.")
+    out, resumed = ablations.run_folder(ablation_root(subject_dir), state.session_id, settings)
+    info = ablations.read_run(out) if resumed else None
+    if info is None:
+        from studio.train.evaluate import machine_load
+
+        load = machine_load()
+        info = ablations.RunInfo(out, state.session_id, time.time(), settings, load.load_1min, load.cores,
+                                 jobs.running_count(), estimate.seconds)
+        ablations.write_run(info)
+    clip_dirs = [str(subject.directory / "clips" / c) for c in subject.manifest.clips]
+    # one torch thread for the inference timing: comparable between variants and machines
+    args = ["ablate", *clip_dirs, "--seeds", str(settings.seeds), "--out", str(out), "--preset", settings.preset,
+            "--variants", *variants, "--threads", "1"]
+    if settings.max_epochs:
+        args += ["--max-epochs", str(settings.max_epochs)]
     try:
-        job = jobs.start(state.session_id, args, state.folder() / "ablate.log")
+        job = jobs.start(state.session_id, args, out / "ablate.log")
     except RuntimeError:
         raise InputError("A training job is already running in this session.",
                          "Wait for it to finish or press Cancel.") from None
-    n_models = len(variants) * int(seeds or 1)
+    started = time.time()
     try:
         for _ in jobs.poll(job, interval=2.0):
-            frac, text = jobs.ablation_progress(out, n_models)
+            frac, text = jobs.ablation_progress(out, settings.models)
+            text += ablations.remaining_text(estimate.seconds, started, frac)
             progress(frac, desc=text)
             yield gr.skip(), gr.skip(), f"Running: {text}."
     finally:
         if job.running:
             job.cancel()
     if job.cancelled:
-        raise CancelledError("The ablation run was cancelled.", "Run it again to resume (finished models are kept).")
+        raise CancelledError("The ablation run was cancelled.",
+                             "Run it again with the same settings to resume (finished models are kept).")
     if job.returncode != 0:
         raise InputError(f"The ablation run failed:\n{job.error_text()}", "Fix the problem above and run it again.")
-    yield ablation_results(subject_dir, variants)
+    yield ablation_results(subject_dir, variants, state)
 
 
 @user_errors

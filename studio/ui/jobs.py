@@ -114,6 +114,12 @@ def cancel(session_id: str) -> bool:
     return True
 
 
+def running_count() -> int:
+    """How many studio jobs (any session's) are running now."""
+    with _jobs_lock:
+        return sum(1 for job in _jobs.values() if job.running)
+
+
 # -- progress read from disk ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
