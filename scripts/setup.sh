@@ -15,7 +15,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip wheel
 # The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages.
 pip install torch==2.13.0
-pip install -e ".[dev]"
+pip install -e ".[dev,cluster]"
 # face-alignment depends on opencv-python, mediapipe on opencv-contrib-python; both ship a `cv2`
 # package into the same folder and whichever is installed last wins, file by file. Keep exactly
 # one: remove both, then reinstall the contrib build (a superset) alone.

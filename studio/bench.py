@@ -6,7 +6,8 @@ mapping inference (cascade vs LSTM vs BiLSTM on 5 minutes of audio), edits, rend
 neural at 256 and 720), end-to-end dub real-time factor and peak memory, and the studio's own timings
 on the bundled sample (render click to video, slider to overlay, page load); with ``--sync-real``, the
 sync check of a dub of that real video's speech against the video (``studio sync-check``) and its
-visual quality (``studio quality``: mouth flicker, sharpness, seam vs the real video); GPU
+visual quality (``studio quality``: mouth flicker, sharpness, seam vs the real video); batch
+dubbing throughput with 1 and 2 worker processes (``studio dub-batch``, 6 short sample jobs); GPU
 figures when CUDA is present. Writes REPORT.json and a
 markdown table beside it (REPORT.md).
 
@@ -264,6 +265,13 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
     elif sync_real is not None:
         report["stages"]["sync_check"] = {"skipped": "needs --subject (the dub is made with it)"}
 
+    def batch_stage() -> dict:
+        from studio.batch import benchmark
+
+        return benchmark(jobs=6, seconds=1.0 if quick else 2.0)
+
+    stage("batch", batch_stage, report)
+
     def one_step() -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             return one_step_stage(shared, Path(tmp), 5.0 if quick else 10.0)
@@ -286,7 +294,7 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
 
 STAGES = ("audio_features", "media", "synth_60s", "preprocess", "mapping_inference", "mapping_training",
           "edits_5min", "retrieval_renderer", "neural_renderer", "dub_12s_720p", "dub_60s_720p", "sync_check",
-          "visual_quality",
+          "visual_quality", "batch",
           "one_step_dub", "studio_ui_sample")
 
 

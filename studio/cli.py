@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loso": ("studio.train.loso", "leave-one-speaker-out evaluation of the prior (dubbing protocol) -> table"),
     "make-subject": ("studio.subject", "build a subject folder from footage of one person"),
     "dub": ("studio.pipeline", "dub a template video with new speech"),
+    "dub-batch": ("studio.batch", "dub every row of a manifest CSV (local worker pool or Ray), resumable"),
     "sync-check": ("studio.sync", "score a rendered dub's mouth against the real video of its speech (JSON on the last line)"),
     "quality": ("studio.render.quality", "flicker, sharpness and seam of a rendered dub against a real video (JSON on the last line)"),
     "bench": ("studio.bench", "measure speed and memory of every stage -> JSON + markdown report"),

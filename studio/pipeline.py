@@ -229,13 +229,18 @@ class Pipeline:
         key = (str(subject.directory.resolve()), speech.sha256, template.meta.source_sha256, variant)
 
         def make() -> Prediction:
+            from threadpoolctl import threadpool_limits
+
             model = self.mapping(subject, variant)
             fps = template.meta.fps
             n = max(1, int(round(speech.seconds * fps)))
             idx = extend_template(n, template.meta.frames)
-            audio = features_for_video(speech.signal, fps, n)
-            talk, coefs = model.predict(audio, template.pose[idx], template.cheek[idx], fps=fps,
-                                        return_coefs=True)
+            # one BLAS thread: the filterbank's matrix product rounds differently with each thread
+            # count, so a dub would change with OMP_NUM_THREADS (Ray workers), taskset or the CPUs
+            with threadpool_limits(1, user_api="blas"):
+                audio = features_for_video(speech.signal, fps, n)
+                talk, coefs = model.predict(audio, template.pose[idx], template.cheek[idx], fps=fps,
+                                            return_coefs=True)
             energy = frame_energy(speech.signal, n, fps)
             return Prediction(talk, coefs, idx, energy, fps, variant, key)
 
