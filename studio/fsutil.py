@@ -104,3 +104,18 @@ def read_npz(path, what: str, hint: str, keys: tuple[str, ...], optional: tuple[
     except Exception as exc:
         raise CheckpointError(f"{what} {path} is unreadable: {exc}.", hint) from None
     return out
+
+
+def read_json(path: str | os.PathLike[str], missing: str, hint: str) -> Any:
+    """The parsed JSON of a small checkpoint/metadata file. A missing file is a CheckpointError
+    saying ``missing`` (e.g. "X is not a subject folder (no subject.json)."); an unreadable one
+    (I/O error, bad JSON, not UTF-8) a CheckpointError naming the file; both with ``hint``."""
+    from studio.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(missing, hint) from None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all
+        raise CheckpointError(f"{path} is unreadable: {exc}.", hint) from None

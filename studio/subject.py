@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 
 from studio.errors import CheckpointError, InputError
-from studio.fsutil import sha256_file, write_json_atomic
+from studio.fsutil import read_json, sha256_file, write_json_atomic
 from studio.models import VARIANT_LABELS  # noqa: F401  (re-exported for the UI)
 from studio.models import VARIANTS as ALL_VARIANTS
 
@@ -71,12 +71,7 @@ class Subject:
     def load(cls, directory: str | os.PathLike[str]) -> "Subject":
         directory = Path(directory)
         hint = "Build it with `python -m studio make-subject VIDEO... --out SUBJECT_DIR`."
-        try:
-            raw = json.loads((directory / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{directory} is not a subject folder (no {MANIFEST}).", hint) from None
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all
-            raise CheckpointError(f"{directory / MANIFEST} is unreadable: {exc}.", hint) from None
+        raw = read_json(directory / MANIFEST, f"{directory} is not a subject folder (no {MANIFEST}).", hint)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CheckpointError(f"{directory / MANIFEST} is not a subject manifest.", hint)
         try:

@@ -64,6 +64,33 @@ def test_template_input_adds_three_channels():
     assert y.shape == (2, 3, 64, 64)
 
 
+def test_composite_generator_draws_only_the_blanked_lower_face(tmp_path):
+    """``composite``: the output is the template outside the blanked region, bit for bit, from the
+    first step; the loss there carries no gradient; the checkpoint keeps the setting."""
+    from studio.render.neural import generator_input, masked_template
+
+    with pytest.raises(ValueError, match="with_template"):
+        tiny(64, composite=True)
+    cfg = tiny(64, ngf=8, with_template=True, composite=True)
+    assert cfg.in_channels == 7
+    torch.manual_seed(0)
+    renderer = NeuralRenderer(build_generator(cfg), cfg, "cpu")
+    pairs = random_pairs(2)
+    lower = np.zeros((2, 64, 64), bool)
+    lower[:, 36:60, 16:48] = True
+    out = renderer.render(pairs.maps, masked_template(pairs.crops, lower))
+    assert np.array_equal(out[~lower], pairs.crops[~lower])
+    assert (out[lower] != 128).mean() > 0.5  # the network drew there
+
+    x = to_tensor(generator_input(cfg, pairs.maps, masked_template(pairs.crops, lower))).requires_grad_(True)
+    y = renderer.generator(x)
+    y[:, :, :8].sum().backward()  # top rows: template only
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0 for p in renderer.generator.parameters())
+    save_checkpoint(tmp_path, renderer.generator, cfg, step=1)
+    loaded = NeuralRenderer.load(tmp_path, device="cpu")
+    assert loaded.cfg.composite and np.array_equal(loaded.render(pairs.maps, masked_template(pairs.crops, lower)), out)
+
+
 def test_sizes_the_net_cannot_restore_are_refused():
     with pytest.raises(ValueError, match="multiple of 32"):
         RendererConfig(size=720, n_downsample=4, local_enhancer=True)  # 720 / 32 = 22.5

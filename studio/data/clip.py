@@ -27,7 +27,7 @@ import numpy as np
 from studio.errors import CheckpointError
 from studio.face import layout
 from studio.face.normalize import normalize
-from studio.fsutil import atomic_path
+from studio.fsutil import atomic_path, read_json
 
 CACHE_VERSION = 1
 CLIP_JSON = "clip.json"  # the clip folder's metadata, written last
@@ -147,12 +147,7 @@ class Clip:
         """Load and validate a clip folder; CheckpointError if it is missing, partial or corrupt."""
         directory = Path(directory)
         hint = f"Re-run `python -m studio preprocess` for this clip (or delete {directory})."
-        try:
-            meta_raw = json.loads((directory / CLIP_JSON).read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{directory} is not a preprocessed clip (no clip.json).", hint) from None
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8 at all
-            raise CheckpointError(f"{directory}/clip.json is unreadable: {exc}.", hint) from None
+        meta_raw = read_json(directory / CLIP_JSON, f"{directory} is not a preprocessed clip (no {CLIP_JSON}).", hint)
         try:
             meta = ClipMeta(**meta_raw)
         except TypeError as exc:

@@ -10,6 +10,8 @@ Tensors are NCHW float in [-1, 1]. Generator input channels (``RendererConfig.in
     3..5  only when ``with_template``: the template crop, RGB, with the lower face (the region the
           facial map's edges leave out) set to 0 (mid grey), so colour and texture of the upper
           face and background are given and only the mouth and jaw must be generated
+    6     only when ``composite``: that lower-face mask (1 inside, -1 outside); the output is the
+          template outside it (:class:`CompositeGenerator`)
 
 Sizes. A stride-2 convolution maps H to ceil(H / 2) and a transposed one maps H to 2H, so the
 output has the input's size only when the size is a multiple of ``RendererConfig.multiple`` =
@@ -54,6 +56,7 @@ class RendererConfig:
     ndf: int = 64  # discriminator channels of the first layer
     n_layers_d: int = 3  # stride-2 layers per PatchGAN discriminator
     n_discriminators: int = 2  # scales: full, 1/2, 1/4, ...
+    composite: bool = False  # with_template only: generate the blanked lower face alone (see CompositeGenerator)
 
     def __post_init__(self) -> None:
         if self.norm not in ("instance", "batch"):
@@ -64,6 +67,8 @@ class RendererConfig:
         for name in ("n_downsample", "n_blocks", "n_attention", "n_blocks_local"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.composite and not self.with_template:
+            raise ValueError("composite needs with_template: the upper face is copied from the template")
         if self.size < 16 or self.size % self.multiple:
             raise ValueError(
                 f"size {self.size} is not a multiple of {self.multiple} = 2 ** (n_downsample + "
@@ -77,7 +82,7 @@ class RendererConfig:
 
     @property
     def in_channels(self) -> int:
-        return 6 if self.with_template else 3
+        return 3 + 3 * self.with_template + self.composite
 
     @classmethod
     def for_size(cls, size: int, **overrides) -> "RendererConfig":
@@ -254,13 +259,40 @@ class MultiscaleDiscriminator(nn.Module):
         return out
 
 
+class CompositeGenerator(nn.Module):
+    """A generator that draws only the blanked lower face and copies the rest of the template.
+
+    Input (N, 7, H, W): facial map (0..2), masked template (3..5), lower-face mask (6; 1 = to be
+    generated, -1 = template). The inner pix2pixHD generator's last convolution also sees the
+    input at full resolution (a skip connection), so the texture next to the mask's edge need not
+    pass the bottleneck; the output is ``m * generated + (1 - m) * template``. The upper face is
+    exact from the first step, and every gradient goes to the mouth and jaw.
+    """
+
+    def __init__(self, inner: nn.Module, in_channels: int, ngf: int) -> None:
+        super().__init__()
+        self.inner = inner
+        if isinstance(inner, GlobalGenerator):  # skip connection into the last convolution
+            inner.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf + in_channels, 3, 7), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.inner, GlobalGenerator):
+            generated = self.inner.head(torch.cat([self.inner.features(x), x], dim=1))
+        else:
+            generated = self.inner(x)
+        m = (x[:, 6:7] + 1) * 0.5
+        return m * generated + (1 - m) * x[:, 3:6]
+
+
 def build_generator(cfg: RendererConfig) -> nn.Module:
     """The generator for ``cfg``: (N, cfg.in_channels, S, S) -> (N, 3, S, S) in [-1, 1]."""
     norm = norm_layer(cfg.norm)
     if cfg.local_enhancer:
-        return LocalEnhancer(cfg.in_channels, 3, cfg.ngf, cfg.n_downsample, cfg.n_blocks, cfg.n_attention,
-                             cfg.n_blocks_local, norm)
-    return GlobalGenerator(cfg.in_channels, 3, cfg.ngf, cfg.n_downsample, cfg.n_blocks, cfg.n_attention, norm)
+        net: nn.Module = LocalEnhancer(cfg.in_channels, 3, cfg.ngf, cfg.n_downsample, cfg.n_blocks,
+                                       cfg.n_attention, cfg.n_blocks_local, norm)
+    else:
+        net = GlobalGenerator(cfg.in_channels, 3, cfg.ngf, cfg.n_downsample, cfg.n_blocks, cfg.n_attention, norm)
+    return CompositeGenerator(net, cfg.in_channels, cfg.ngf) if cfg.composite else net
 
 
 def build_discriminator(cfg: RendererConfig) -> MultiscaleDiscriminator:

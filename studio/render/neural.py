@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from torch import nn
 
 from studio.config import from_dict, to_dict
 from studio.errors import CheckpointError, InputError
-from studio.fsutil import atomic_path, sha256_file, write_json_atomic
+from studio.fsutil import atomic_path, read_json, sha256_file, write_json_atomic
 from studio.models.renderer import RendererConfig, build_generator
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,8 @@ def masked_template(template_crops: np.ndarray, lower_face: np.ndarray) -> np.nd
 
 def generator_input(cfg: RendererConfig, facemaps: np.ndarray, templates: np.ndarray | None = None) -> np.ndarray:
     """The generator's input as uint8 (N, S, S, cfg.in_channels): facial maps, plus the masked
-    template crops (see :func:`masked_template`) when ``cfg.with_template``."""
+    template crops (see :func:`masked_template`) when ``cfg.with_template``, plus the blanked
+    region as a channel (255 inside) when ``cfg.composite``."""
     maps = np.asarray(facemaps)
     if maps.ndim == 3:
         maps = maps[None]
@@ -98,7 +98,12 @@ def generator_input(cfg: RendererConfig, facemaps: np.ndarray, templates: np.nda
     if tmpl.shape != maps.shape or tmpl.dtype != np.uint8:
         raise InputError(f"Template crops must be uint8 {maps.shape}, got {tmpl.dtype} {tmpl.shape}.",
                          "Crop the template frames at the renderer's size.")
-    return np.concatenate([maps, tmpl], axis=-1)
+    if not cfg.composite:
+        return np.concatenate([maps, tmpl], axis=-1)
+    # the blanked region, recovered from the masked template (a real pixel is exactly mid grey in
+    # all three channels only by chance; the generator then redraws that one pixel)
+    blank = np.all(tmpl == MASK_VALUE, axis=-1, keepdims=True).astype(np.uint8) * 255
+    return np.concatenate([maps, tmpl, blank], axis=-1)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -124,12 +129,8 @@ def read_checkpoint_info(directory: str | os.PathLike[str]) -> tuple[RendererCon
     """(config, the whole JSON) of a checkpoint folder; CheckpointError if it is not one."""
     directory = Path(directory)
     hint = f"Train a renderer into {directory} with `python -m studio train-renderer`, or fix the path."
-    try:
-        info = json.loads((directory / CONFIG_FILE).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} is not a neural renderer checkpoint (no {CONFIG_FILE}).", hint) from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{directory / CONFIG_FILE} is unreadable: {exc}.", hint) from None
+    info = read_json(directory / CONFIG_FILE, f"{directory} is not a neural renderer checkpoint (no {CONFIG_FILE}).",
+                     hint)
     if not isinstance(info, dict) or info.get("kind") != KIND:
         raise CheckpointError(f"{directory / CONFIG_FILE} is not a neural renderer config.", hint)
     if info.get("version") != VERSION:
