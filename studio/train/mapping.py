@@ -28,6 +28,13 @@ L_all, gradient clipping. Seeded and deterministic on CPU: the model is initiali
 training state is written atomically to CKPT_DIR/.train_state, so an interrupted run started
 again with the same arguments resumes from its last finished epoch and ends with the same
 weights as an uninterrupted one.
+
+Data-parallel (``torchrun --nproc_per_node=N -m studio train-mapping ...``,
+``studio.train.distributed``): every rank draws the epoch's shuffle, swaps and augmentation for
+the whole global batch and trains on its block of each batch (DDP, gloo); validation is split
+over the ranks and summed; rank 0 alone writes files. The loss curve is one process's up to the
+order of float reductions (and dropout, whose masks are per rank). The training state does not
+depend on N: a run resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from studio.models import VARIANTS, model_config
 from studio.models import conditioning as cond
 from studio.models.conditioning import RigidCheek
 from studio.models import checkpoint as ck
+from studio.train import distributed
 from studio.train.windows import ClipArrays, clip_arrays, gather, split_train_val, window_starts
 
 log = logging.getLogger(__name__)
@@ -340,13 +348,20 @@ def warp_channels(audio: np.ndarray, factors: np.ndarray) -> np.ndarray:
     return out
 
 
-def augment_audio(audio: np.ndarray, tc: "TrainConfig", rng: np.random.Generator) -> np.ndarray:
-    """Voice augmentation of a batch of standardized feature windows (N, F, 26); see TrainConfig."""
+def augment_audio(audio: np.ndarray, tc: "TrainConfig", rng: np.random.Generator,
+                  rows: slice = slice(None), total: int | None = None) -> np.ndarray:
+    """Voice augmentation of a batch of standardized feature windows (N, F, 26); see TrainConfig.
+
+    ``audio`` is the block ``rows`` of a global batch of ``total`` windows (default: all of it):
+    the random numbers are drawn for the whole global batch, so a window is augmented alike
+    however the batch is split over processes, and ``rng`` advances alike on every one.
+    """
+    total = len(audio) if total is None else total
     if tc.audio_warp > 0:
-        audio = warp_channels(audio, rng.uniform(1 - tc.audio_warp, 1 + tc.audio_warp, len(audio)))
+        audio = warp_channels(audio, rng.uniform(1 - tc.audio_warp, 1 + tc.audio_warp, total)[rows])
     for _ in range(tc.freq_masks):
-        width = rng.integers(1, 4, len(audio))
-        start = rng.integers(0, audio.shape[-1] - 3, len(audio))
+        width = rng.integers(1, 4, total)[rows]
+        start = rng.integers(0, audio.shape[-1] - 3, total)[rows]
         for i in range(len(audio)):
             audio[i, :, start[i]:start[i] + width[i]] = 0.0
     return audio
@@ -471,22 +486,30 @@ def calibrate(out: Path, net, data: PreparedData, tc: TrainConfig, pca_t: tuple)
     return cond.ArticulationGain.fit(np.concatenate(preds), np.concatenate(trues), frontal.mean(axis=0))
 
 
+def loss_terms(lc: LossConfig) -> tuple[str, ...]:
+    """The keys of :func:`mapping_loss`'s result, in its order."""
+    return ("all", "l2", "pca", "int") + ("open",) * (lc.lambda_open > 0) + ("var",) * (lc.lambda_var > 0)
+
+
 def evaluate_windows(net, data: PreparedData, index: np.ndarray, lc: LossConfig, tc: TrainConfig,
-                     pca_t: tuple, dims: slice) -> dict:
-    """Mean loss terms over windows (eval mode, no grad)."""
+                     pca_t: tuple, dims: slice, group: distributed.Dist = distributed.SINGLE) -> dict:
+    """Mean loss terms over windows (eval mode, no grad). In a process group each rank evaluates
+    its block of ``index`` and every rank returns the same means over all of them."""
     import torch
 
     net.eval()
-    sums: dict[str, float] = {}
+    sums = dict.fromkeys(loss_terms(lc), 0.0)
+    mine = index[group.part(len(index))]
     with torch.no_grad():
-        for i in range(0, len(index), 64):
-            sub = index[i:i + 64]
+        for i in range(0, len(mine), 64):
+            sub = mine[i:i + 64]
             batch = make_batch(data, sub, tc.val_window_frames)
             coef, talk = forward_physical(net, batch, pca_t)
             terms = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(sub)
-    return {k: v / max(1, len(index)) for k, v in sums.items()}
+                sums[k] += float(v) * len(sub)
+    totals = group.sum_over_ranks(list(sums.values()))
+    return {k: v / max(1, len(index)) for k, v in zip(sums, totals)}
 
 
 def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str | os.PathLike[str],
@@ -512,9 +535,14 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     is never worse than the base on the validation windows. Both write ``identity.npz``;
     ``audio_shift`` (fine-tuning: the person's timing, ``studio.models.identity.shift_audio``) is
     applied to the clips' audio before training and stored there for inference.
+
+    Under torchrun (inside ``distributed.process_group()``, as the CLI runs it) every rank calls
+    this with the same arguments; ``callback`` runs on every rank; every rank returns once rank 0
+    has written the checkpoint.
     """
     import torch
 
+    group = distributed.current()
     out = Path(out_dir)
     st = settings_for(variant, preset, **train_overrides)
     prior = _load_base(base, variant) if base is not None else None
@@ -558,21 +586,23 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
             net.load_state_dict(prior.net.state_dict())
         opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         info = None
+    group.barrier()  # every rank has read the state before rank 0 replaces it
     if info is None:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        (out / ck.CONFIG_NAME).unlink(missing_ok=True)
         info = {"fingerprint": fp, "state_epoch": 0, "best_val": None, "best_epoch": 0, "bad_epochs": 0,
                 "elapsed": 0.0, "history": [], "stopped": None}
-        out.mkdir(parents=True, exist_ok=True)
-        data.pca.save(out)
-        data.norm.save(out / ck.NORM_NAME)
-        if data.rigid is not None:
-            data.rigid.save(out / cond.CONDITIONING_NAME)
-        ck.save_weights(net, out / ck.WEIGHTS_NAME)
+        if group.is_main:
+            shutil.rmtree(state_dir, ignore_errors=True)
+            (out / ck.CONFIG_NAME).unlink(missing_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
+            data.pca.save(out)
+            data.norm.save(out / ck.NORM_NAME)
+            if data.rigid is not None:
+                data.rigid.save(out / cond.CONDITIONING_NAME)
+            ck.save_weights(net, out / ck.WEIGHTS_NAME)
         if prior is not None and len(data.val_index):  # epoch 0: the base as it is
             mouth_only = bool(net.mouth_only)
             base_val = evaluate_windows(net, data, data.val_index, lc, tc, _pca_tensors(data),
-                                        layout.TALK_MOUTH if mouth_only else slice(None))[_select_key(tc, lc)]
+                                        layout.TALK_MOUTH if mouth_only else slice(None), group)[_select_key(tc, lc)]
             info.update(best_val=base_val, base_val=base_val)
     else:
         log.info("resuming %s from epoch %d", out, info["state_epoch"])
@@ -580,19 +610,20 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
     mouth_only = bool(net.mouth_only)
     dims = layout.TALK_MOUTH if mouth_only else slice(None)
     pca_t = _pca_tensors(data)
+    model = group.wrap(net)  # DDP in a process group (gradients averaged over the ranks), else ``net``
     log.info("training %s on %d frames (%d windows), validating on %d frames", variant,
              data.train_frames, len(data.train_index), data.val_frames)
 
     from tqdm import tqdm
 
     bar = tqdm(total=tc.max_epochs, initial=info["state_epoch"], desc=f"train {variant}", unit="epoch",
-               disable=not progress, leave=False)
+               disable=not (progress and group.is_main), leave=False)
     with _deterministic(tc.threads):
         while info["stopped"] is None:
             epoch = info["state_epoch"] + 1
             t_start, c_start = time.perf_counter(), time.process_time()
-            rng = np.random.default_rng([seed, epoch])
-            torch.manual_seed(int(rng.integers(2**62)))
+            rng = np.random.default_rng([seed, epoch])  # the same draws on every rank
+            torch.manual_seed(group.rank_seed(int(rng.integers(2**62))))  # dropout
             perm = rng.permutation(len(data.train_index))
             order = data.train_index[perm]
             cond_order = order
@@ -604,29 +635,34 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
                         partner[k] = cands[int(u[k] * len(cands))]
                 swap = (rng.random(len(perm)) < tc.swap_conditioning) & (partner != perm)
                 cond_order = np.where(swap[:, None], data.train_index[partner], order)
-            net.train()
+            model.train()
             tr_sum, tr_n = 0.0, 0
             for i in range(0, len(order), tc.batch_size):
-                sub = order[i:i + tc.batch_size]
-                batch = make_batch(data, sub, tc.window, cond_order[i:i + tc.batch_size])
+                sub = order[i:i + tc.batch_size]  # the global batch; this rank trains on its rows
+                rows, share = group.shard(len(sub))
+                batch = make_batch(data, sub[rows], tc.window, cond_order[i:i + tc.batch_size][rows])
                 if tc.audio_warp > 0 or tc.freq_masks > 0:
-                    batch["audio"] = torch.from_numpy(augment_audio(batch["audio"].numpy().copy(), tc, rng))
-                coef, talk = forward_physical(net, batch, pca_t)
+                    batch["audio"] = torch.from_numpy(augment_audio(batch["audio"].numpy().copy(), tc, rng,
+                                                                    rows, len(sub)))
+                coef, talk = forward_physical(model, batch, pca_t)
                 loss = mapping_loss(coef, talk, batch["coef"], batch["talk"], lc, dims)["all"]
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages over the ranks: weighted by its share, the gradient of the global mean
+                (loss * (share * group.world_size)).backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
                 opt.step()
-                tr_sum += loss.item() * len(sub)
+                tr_sum += loss.item() * share * len(sub)
                 tr_n += len(sub)
-            val = evaluate_windows(net, data, data.val_index, lc, tc, pca_t, dims) if len(data.val_index) else {}
+            (tr_sum,) = group.sum_over_ranks([tr_sum])
+            val = evaluate_windows(net, data, data.val_index, lc, tc, pca_t, dims, group) if len(data.val_index) else {}
             val_loss = val.get(_select_key(tc, lc), tr_sum / tr_n)
             best = info["best_val"]
             improved = best is None or val_loss < best * (1.0 - tc.min_delta)
-            if improved:
+            if improved:  # the same decision on every rank: val_loss is the same everywhere
                 info.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
-                ck.save_weights(net, out / ck.WEIGHTS_NAME)
+                if group.is_main:
+                    ck.save_weights(net, out / ck.WEIGHTS_NAME)
             else:
                 info["bad_epochs"] += 1
             info["elapsed"] += time.perf_counter() - t_start
@@ -640,12 +676,17 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
                 info["stopped"] = "early_stopping"
             elif epoch >= tc.max_epochs:
                 info["stopped"] = "max_epochs"
-            _save_state(state_dir, net, opt, info)
+            if group.is_main:
+                _save_state(state_dir, net, opt, info)
+            group.barrier()  # the state on disk is the epoch every rank has finished
             bar.update(1)
             bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
             if callback is not None:
                 callback(record)
     bar.close()
+    if not group.is_main:  # rank 0 calibrates and writes the checkpoint
+        group.barrier()
+        return out
     if prior is not None and (info["best_epoch"] == 0 or not len(data.val_index)):
         if prior.gain is not None:  # the prior itself won: its own calibration
             prior.gain.save(out / cond.CALIBRATION_NAME)
@@ -678,6 +719,7 @@ def train_mapping(clips: Sequence[Clip | ClipArrays], variant: str, out_dir: str
                               "audio_shift": int(audio_shift)}
     write_json_atomic(out / ck.CONFIG_NAME, config)
     shutil.rmtree(state_dir, ignore_errors=True)
+    group.barrier()
     log.info("%s: best epoch %d of %d, val loss %.4g, %.1f s", out, info["best_epoch"], info["state_epoch"],
              info["best_val"], info["elapsed"])
     return out
@@ -787,7 +829,9 @@ def add_cli_arguments(parser) -> None:
 
 def cli(args) -> int:
     clips = load_clips(args.clips)
-    out = train_mapping(clips, args.variant, args.out, args.preset, args.seed, span=tuple(args.span),
-                        resume=not args.no_resume, progress=True, max_epochs=args.max_epochs)
-    print(json.dumps(json.loads((out / ck.CONFIG_NAME).read_text())["result"] | {"checkpoint": str(out)}))
+    with distributed.process_group() as group:  # under torchrun: data-parallel over its processes
+        out = train_mapping(clips, args.variant, args.out, args.preset, args.seed, span=tuple(args.span),
+                            resume=not args.no_resume, progress=True, max_epochs=args.max_epochs)
+    if group.is_main:
+        print(json.dumps(json.loads((out / ck.CONFIG_NAME).read_text())["result"] | {"checkpoint": str(out)}))
     return 0

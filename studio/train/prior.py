@@ -25,6 +25,9 @@ Speakers (``SPEAKERS``): Obama (4 clips, ~100 s), Katie Hill, Alexandria Ocasio-
 young man outdoors (7-8 s each, their own audio tracks). Left out (``EXCLUDED``): andrew_clip_1/2
 and reagan_clip1, whose separate wav files are not the speech of their videos, and
 theresa_may_5s, whose mouth does not follow its audio at any small lag.
+
+``torchrun --standalone --nproc_per_node=N -m studio train-prior ...`` trains it data-parallel
+(``studio.train.distributed``; rank 0 preprocesses the clips into the ``--work`` cache first).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import numpy as np
 from studio.config import PRESETS_DIR
 from studio.errors import InputError
 from studio.fsutil import atomic_path, write_json_atomic
+from studio.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +157,9 @@ def train_prior(out: str | os.PathLike[str], *, shared: str | os.PathLike[str], 
     unknown = set(exclude) - set(speakers())
     if unknown:
         raise InputError(f"Unknown speaker(s) {sorted(unknown)}.", f"Known: {', '.join(speakers())}.")
-    pairs = real_clips(shared, work, exclude=exclude, with_test=with_test) + synthetic_clips(shared, work, synthetic)
+    with distributed.current().main_first():  # under torchrun: rank 0 fills the cache, the others read it
+        pairs = (real_clips(shared, work, exclude=exclude, with_test=with_test)
+                 + synthetic_clips(shared, work, synthetic))
     persons = [p for p, _ in pairs]
     log.info("training the prior on %d clips of %d people (%s)", len(pairs), len(set(persons)),
              ", ".join(dict.fromkeys(persons)))
@@ -316,10 +322,11 @@ def cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     work = Path(args.work) if args.work else Path.home() / ".cache" / "lip-sync-studio" / "prior_data"
     exclude = tuple(s.strip() for s in args.exclude.split(",") if s.strip())
-    train_prior(out, shared=args.shared, work=work, exclude=exclude, synthetic=args.synthetic, seed=args.seed,
-                max_epochs=args.max_epochs)
-    result = json.loads((out / "config.json").read_text())["result"]
-    log.info("prior written to %s: %s", out, result)
+    with distributed.process_group():  # under torchrun: data-parallel over its processes
+        train_prior(out, shared=args.shared, work=work, exclude=exclude, synthetic=args.synthetic, seed=args.seed,
+                    max_epochs=args.max_epochs)
+        result = json.loads((out / "config.json").read_text())["result"]
+        log.info("prior written to %s: %s", out, result)
     return 0
 
 

@@ -21,6 +21,12 @@ Training follows pix2pixHD: Adam (2e-4, betas 0.5/0.999); each step updates the 
 L1, + VGG when ``vgg_weights`` names a local file). Batches are drawn from a generator seeded by
 (seed, step), so a resumed run sees the same batches as an uninterrupted one. CUDA: bf16
 autocast and channels_last (no loss scaling needed with bf16); CPU: plain fp32.
+
+Data-parallel (``torchrun --nproc_per_node=N -m studio train-renderer ...``,
+``studio.train.distributed``): one GPU per process (NCCL; gloo on the CPU), generator and
+discriminators in DDP; every rank draws the step's global batch and trains on its
+``batch_size / N`` pairs (``batch_size`` must divide by N); logged losses are the means over the
+ranks; rank 0 alone writes samples, checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from studio.models.renderer import (GAN_MODES, RendererConfig, VGGPerceptualLoss
                                     build_discriminator, build_generator, feature_matching_loss)
 from studio.render.neural import (NeuralRenderer, autocast, config_differences, generator_input,
                                   masked_template, resolve_device, save_checkpoint, to_images, to_tensor)
+from studio.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +100,14 @@ class RendererTrainer:
 
     ``train_step(inputs, targets)``: inputs (N, in_channels, S, S) and targets (N, 3, S, S)
     float in [-1, 1] -> dict of float losses. ``save_state`` / ``load_state``: a folder of
-    safetensors + JSON, no pickle.
+    safetensors + JSON, no pickle. In a process group (``group``) the inputs are this rank's
+    share of the step's batch and the losses returned are the means over the ranks.
     """
 
     def __init__(self, model: RendererConfig, train: TrainConfig = TrainConfig(),
-                 device: str | torch.device = "auto") -> None:
-        self.model_cfg, self.train_cfg = model, train
+                 device: str | torch.device = "auto", group: distributed.Dist = distributed.SINGLE) -> None:
+        group.require_divisible(train.batch_size, "--batch-size")
+        self.model_cfg, self.train_cfg, self.group = model, train, group
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self.amp = cuda if train.amp is None else train.amp
@@ -112,6 +121,10 @@ class RendererTrainer:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr, betas=betas)
         self.vgg = VGGPerceptualLoss.from_file(train.vgg_weights).to(self.device) if train.vgg_weights else None
         self.step = 0
+        # what the training step calls: DDP copies that average the gradients over the ranks (the
+        # modules themselves without a group); states, samples and the G step's D use the modules
+        self._generator = group.wrap(self.generator)
+        self._discriminator = group.wrap(self.discriminator)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device).contiguous(memory_format=self.memory_format)
@@ -122,18 +135,19 @@ class RendererTrainer:
         self.generator.train()
         self.discriminator.train()
         with autocast(self.device, self.amp):
-            fake = self.generator(x)
+            fake = self._generator(x)
         # discriminators: real pairs up, generated pairs down
         self.discriminator.requires_grad_(True)
         with autocast(self.device, self.amp):
-            pred_fake = self.discriminator(torch.cat([x, fake.detach()], 1))
-            pred_real = self.discriminator(torch.cat([x, y], 1))
+            pred_fake = self._discriminator(torch.cat([x, fake.detach()], 1))
+            pred_real = self._discriminator(torch.cat([x, y], 1))
         loss_d = 0.5 * (adversarial_loss(pred_fake, False, cfg.gan_mode)
                         + adversarial_loss(pred_real, True, cfg.gan_mode))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        # generator, against the updated discriminators
+        # generator, against the updated discriminators (the module, not its DDP copy: its
+        # parameters take no gradient here, so there is nothing of theirs to all-reduce)
         self.discriminator.requires_grad_(False)
         with autocast(self.device, self.amp):
             pred_fake = self.discriminator(torch.cat([x, fake], 1))
@@ -154,7 +168,7 @@ class RendererTrainer:
         self.step += 1
         out = {k: float(v.detach()) for k, v in losses.items()}
         out.update(d=float(loss_d.detach()), g=float(loss_g.detach()))
-        return out
+        return self.group.mean_over_ranks(out)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -432,7 +446,7 @@ def evaluate(renderer: NeuralRenderer, pairs: Pairs, facemap_cfg=None, batch_siz
     for a in range(0, len(pairs), batch_size):
         idx = np.arange(a, min(a + batch_size, len(pairs)))
         x = model_inputs(renderer.cfg, pairs, idx, facemap_cfg)
-        out = renderer.render(x[..., :3], x[..., 3:] if renderer.cfg.with_template else None, batch_size)
+        out = renderer.render(x[..., :3], x[..., 3:6] if renderer.cfg.with_template else None, batch_size)
         rows += [image_metrics(o, pairs.crops[i], pairs.points[i]) for o, i in zip(out, idx)]
     result: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
     result["frames"] = len(rows)
@@ -483,27 +497,33 @@ def fit(trainer: RendererTrainer, train: Pairs, val: Pairs, out_dir: str | os.Pa
         raise InputError("No training pairs.", "Give the renderer footage with a visible face.")
     out_dir = Path(out_dir)
     facemap_cfg = facemap_cfg or _facemap_lib().FacemapConfig()
-    cfg, tcfg = trainer.model_cfg, trainer.train_cfg
+    cfg, tcfg, group = trainer.model_cfg, trainer.train_cfg, trainer.group
     shown = val if len(val) else train
     sample_idx = np.unique(np.linspace(0, len(shown) - 1, min(n_samples, len(shown))).round().astype(int))
     sample_x = to_tensor(model_inputs(cfg, shown, sample_idx, facemap_cfg))
     meta = dict(meta or {})
 
     def checkpoint() -> None:
+        if not group.is_main:
+            return
         trainer.save_state(out_dir / STATE_DIR, extra=meta)
         save_checkpoint(out_dir, trainer.generator, cfg, step=trainer.step, **meta)
 
     def sample() -> None:
+        if not group.is_main:
+            return
         out = to_images(trainer.generate(sample_x))
         sheet = sample_sheet(shown.maps[sample_idx], out, shown.crops[sample_idx])
         write_image(out_dir / SAMPLES_DIR / f"step_{trainer.step:07d}.jpg", sheet)
 
     start = time.monotonic()
     saved_at = trainer.step
-    bar = tqdm(total=steps, initial=trainer.step, desc="train renderer", unit="step", disable=None)
+    bar = tqdm(total=steps, initial=trainer.step, desc="train renderer", unit="step",
+               disable=None if group.is_main else True)
     try:
         while trainer.step < steps:
-            idx = batch_indices(tcfg.seed, trainer.step, len(train), tcfg.batch_size)
+            # the step's global batch, and this rank's block of it
+            idx = batch_indices(tcfg.seed, trainer.step, len(train), tcfg.batch_size)[group.part(tcfg.batch_size)]
             x = to_tensor(model_inputs(cfg, train, idx, facemap_cfg))
             y = to_tensor(train.crops[idx])
             losses = trainer.train_step(x, y)
@@ -516,7 +536,7 @@ def fit(trainer: RendererTrainer, train: Pairs, val: Pairs, out_dir: str | os.Pa
                 saved_at = trainer.step
             if progress is not None:
                 progress(trainer.step, steps, losses)
-            if max_seconds is not None and time.monotonic() - start > max_seconds:
+            if max_seconds is not None and group.agree(time.monotonic() - start > max_seconds):
                 log.info("time budget of %.0f s reached at step %d", max_seconds, trainer.step)
                 break
     except (KeyboardInterrupt, CancelledError):
@@ -540,7 +560,9 @@ def train_renderer(clip_dirs: Sequence[str | os.PathLike[str]], out_dir: str | o
 
     ``model`` None: ``RendererConfig.for_size(size)``, or the stored config when resuming.
     ``steps`` overrides ``train.steps``. Ends with held-out metrics in ``out_dir/metrics.json``.
-    Returns ``out_dir`` (a checkpoint folder for ``NeuralRenderer.load``).
+    Returns ``out_dir`` (a checkpoint folder for ``NeuralRenderer.load``). Under torchrun (inside
+    ``distributed.process_group()``, as the CLI runs it) rank 0 builds the pair caches first and
+    alone measures the held-out frames; the other ranks return when the checkpoint is written.
     """
     from studio.render.crop import CropConfig
 
@@ -573,11 +595,13 @@ def train_renderer(clip_dirs: Sequence[str | os.PathLike[str]], out_dir: str | o
     facemap_cfg = facemap_cfg or fm.FacemapConfig()
     crop_cfg = crop_cfg or CropConfig()
 
-    parts = [build_pairs(d, size, out_dir / "pairs", facemap_cfg, crop_cfg) for d in clip_dirs]
+    group = distributed.current(str(resolve_device(device)))
+    with group.main_first():  # rank 0 builds the caches, the others read them
+        parts = [build_pairs(d, size, out_dir / "pairs", facemap_cfg, crop_cfg) for d in clip_dirs]
     train_pairs, val_pairs = split_by_time(Pairs.concat(parts), train.val_fraction)
     log.info("renderer pairs: %d train, %d held out (%s)", len(train_pairs), len(val_pairs),
              ", ".join(train_pairs.names))
-    trainer = RendererTrainer(model, train, device)
+    trainer = RendererTrainer(model, train, group.device if group.active else device, group)
     if stored is not None:
         trainer.load_state(state_dir)
         log.info("resuming at step %d of %d", trainer.step, train.steps)
@@ -587,6 +611,9 @@ def train_renderer(clip_dirs: Sequence[str | os.PathLike[str]], out_dir: str | o
     fit(trainer, train_pairs, val_pairs, out_dir, train.steps, facemap_cfg=facemap_cfg, meta=meta,
         max_seconds=None if max_minutes is None else 60 * max_minutes, progress=progress)
     seconds = time.monotonic() - started
+    group.barrier()  # rank 0 has written the checkpoint
+    if not group.is_main:
+        return out_dir
     if len(val_pairs):
         renderer = NeuralRenderer.load(out_dir, device=trainer.device)
         metrics = evaluate(renderer, val_pairs, facemap_cfg)
@@ -635,7 +662,8 @@ def cli(args: argparse.Namespace) -> int:
         train = TrainConfig(**train_kw) if train_kw else None
     except ValueError as exc:
         raise InputError(f"Invalid renderer settings: {exc}.", "Check --size and the model options.") from None
-    out = train_renderer(args.clip_dirs, args.out, args.size, args.steps, model=model, train=train,
-                         resume=args.resume, device=args.device, max_minutes=args.max_minutes)
-    log.info("renderer checkpoint: %s", out)
+    with distributed.process_group(str(resolve_device(args.device))):  # under torchrun: data-parallel
+        out = train_renderer(args.clip_dirs, args.out, args.size, args.steps, model=model, train=train,
+                             resume=args.resume, device=args.device, max_minutes=args.max_minutes)
+        log.info("renderer checkpoint: %s", out)
     return 0
