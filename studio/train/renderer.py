@@ -647,13 +647,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-attention", type=int, default=None, help="self-attention blocks (1)")
     parser.add_argument("--with-template", action="store_true", default=None,
                         help="also feed the template crop with the lower face masked")
+    parser.add_argument("--composite", action="store_true", default=None,
+                        help="generate only the masked lower face and copy the rest of the template "
+                             "(implies --with-template)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
 
 def cli(args: argparse.Namespace) -> int:
     model_kw = {k: v for k, v in (("ngf", args.ngf), ("ndf", args.ndf), ("n_blocks", args.n_blocks),
-                                   ("n_attention", args.n_attention), ("with_template", args.with_template))
+                                   ("n_attention", args.n_attention), ("with_template", args.with_template),
+                                   ("composite", args.composite))
                 if v is not None}
+    if model_kw.get("composite"):
+        model_kw["with_template"] = True
     train_kw = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("gan_mode", args.gan_mode),
                                    ("vgg_weights", args.vgg_weights), ("checkpoint_every", args.checkpoint_every),
                                    ("sample_every", args.sample_every), ("seed", args.seed)) if v is not None}
