@@ -56,6 +56,8 @@ class PipelineConfig:
     cache_items: int = 16  # entries kept in each data cache (speech, templates, predictions)
     quality: str = "standard"  # video encoding: "standard" (crf 18, speed preset by frame size) or
     # "high" (crf 16, x264 "medium": about 3x the encoding time, for delivery)
+    check_identity: bool = True  # refuse an uploaded template that shows another person than the
+    # subject's footage (studio.face.identity_check); False dubs it anyway (CLI --allow-other-person)
 
     def __post_init__(self) -> None:
         if self.quality not in ENCODINGS:
@@ -196,7 +198,8 @@ class Pipeline:
     def template(self, subject: Subject, which: str | os.PathLike[str] | None = None):
         """The template clip: ``None`` = the subject's first clip, a clip name, or a video file.
 
-        A video file is preprocessed once (cached by content under the work folder).
+        A video file is preprocessed once (cached by content under the work folder) and, unless
+        ``config.check_identity`` is off, must show the subject's person (:meth:`check_identity`).
         """
         from studio.data.clip import Clip
         from studio.data.preprocess import preprocess
@@ -218,7 +221,45 @@ class Pipeline:
         def make() -> Clip:
             return preprocess(p, self.work_dir / "templates" / sha[:16])
 
-        return self._templates.get_or(("template", sha), make)
+        clip = self._templates.get_or(("template", sha), make)
+        if self.config.check_identity:
+            self.check_identity(subject, clip, p.name)
+        return clip
+
+    def check_identity(self, subject: Subject, template, name: str = "") -> float | None:
+        """OtherPersonError when ``template`` (an uploaded clip) shows another person than
+        ``subject``'s footage; returns the match score, or None when the faces could not be
+        compared (a synthetic subject, no frontal enough or large enough face: logged, not refused).
+        The subject's descriptor is cached per folder and build, the score per subject and template."""
+        from studio.face import identity_check as idc
+
+        cfg = idc.IdentityConfig()
+        clips = subject.clips()
+        if all(c.meta.synthetic for c in clips):  # a drawn face is nobody: nothing to compare
+            return None
+        key = ("identity", str(subject.directory.resolve()), subject.manifest.created)
+        name = name or Path(template.meta.source).name
+
+        def compare() -> float | None:
+            mine = self.manager.get(key, lambda device: idc.clips_descriptor(clips, cfg))
+            theirs = idc.clip_descriptor(template, cfg)
+            if mine is None or theirs is None:
+                log.warning("could not check that %s shows %s (too few frames with a frontal face large enough "
+                            "to compare); dubbing it anyway", name, subject.name)
+                return None
+            value = idc.score(theirs, mine)
+            log.info("%s vs subject %s: face match %.3f (threshold %.2f)", name, subject.name, value, cfg.threshold)
+            return value
+
+        value = self._templates.get_or(key + (template.meta.source_sha256,), compare)
+        if value is not None and value < cfg.threshold:
+            raise idc.OtherPersonError(
+                f"The template {name} shows a different person from the subject {subject.name!r} (face match "
+                f"{value:.2f}; footage of the same person scores {cfg.threshold:.2f} or more). Dubbing it "
+                "with this subject would paste the subject's face onto theirs.",
+                "To dub this video, build a subject from this video in the Subject tab, or use 'One step' in "
+                "the Dub tab, which dubs any video directly.")
+        return value
 
     def predict(self, subject: Subject, speech: Speech, template, variant: str = "ours") -> Prediction:
         """Run the mapping network (cached per subject, speech, template and variant)."""
@@ -485,13 +526,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", choices=tuple(ENCODINGS), default="standard",
                         help="video encoding: standard (crf 18, fast) or high (crf 16, slower; for delivery)")
     parser.add_argument("--landmarks-csv", default=None, help="also write the edited landmarks as CSV")
+    parser.add_argument("--allow-other-person", action="store_true",
+                        help="dub a --template video even when its face does not match the subject's footage "
+                        "(by default such a template is refused)")
 
 
 def cli(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from studio.face.identity_check import OtherPersonError
+
     edits = Edits.load(args.edits) if args.edits else Edits()
-    pipe = Pipeline(config=PipelineConfig(render_size=args.size, quality=args.quality))
+    pipe = Pipeline(config=PipelineConfig(render_size=args.size, quality=args.quality,
+                                          check_identity=not args.allow_other_person))
     if args.video is not None:
         if args.template is not None or args.variant != "ours":
             raise InputError("--video dubs the video itself with the 'ours' model.",
@@ -510,7 +557,12 @@ def cli(args: argparse.Namespace) -> int:
     else:
         subject = pipe.subject(args.subject)
         speech = pipe.speech(args.speech)
-    tpl = pipe.template(subject, args.template)
+    try:
+        tpl = pipe.template(subject, args.template)
+    except OtherPersonError as exc:
+        raise OtherPersonError(exc.message, "Build a subject from this video with `python -m studio make-subject`, "
+                               "or dub it directly with `dub --video`; --allow-other-person dubs it with "
+                               "this subject anyway.") from None
     pred = pipe.predict(subject, speech, tpl, args.variant)
     lms = pipe.landmarks(pred, tpl, subject, edits)
     if args.landmarks_csv:
