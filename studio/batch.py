@@ -315,6 +315,7 @@ def inputs_hash(job: Job, config: PipelineConfig, hashes: FileHashes) -> tuple[s
         "version": HASH_VERSION, "studio": __version__, "speech": hashes.file(job.speech), "variant": job.variant,
         "renderer": job.renderer, "edits": job.edits.to_dict(), "render_size": config.render_size,
         "quality": config.quality, "encoding": ENCODINGS[config.quality],
+        "check_identity": config.check_identity,
     }
     prep = ""
     if job.video:
@@ -847,9 +848,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=PipelineConfig.render_size, help="face crop size to render at")
     parser.add_argument("--quality", choices=tuple(ENCODINGS), default="standard",
                         help="video encoding: standard (crf 18, fast) or high (crf 16, slower; for delivery)")
+    parser.add_argument("--allow-other-person", action="store_true",
+                        help="dub templates that do not look like their subject's person (checked by default)")
 
 
 def cli(args: argparse.Namespace) -> int:
     results = run_batch(args.manifest, args.out, workers=args.workers, ray=args.ray,
-                        config=PipelineConfig(render_size=args.size, quality=args.quality))
+                        config=PipelineConfig(render_size=args.size, quality=args.quality,
+                                              check_identity=not args.allow_other_person))
     return 1 if any(r.status == "failed" for r in results) else 0
