@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -75,3 +76,80 @@ def test_studio_in_a_browser(browser, served, tmp_path):
         for name in ("dub", "dub_render", "ablations"):
             shutil.copy(tmp_path / f"{name}.png", dest / f"{name}.png")
 
+
+
+def _options(driver, css: str) -> list[str]:
+    """The choices a Gradio dropdown offers (opened by a click, closed again with Escape)."""
+    driver.click(driver.wait_for(f"{css} input"))
+    time.sleep(0.5)
+    items = driver.execute(f"return [...document.querySelectorAll({json.dumps(css + ' [data-testid=dropdown-option]')})]"
+                           ".map(li => li.getAttribute('aria-label'))")
+    driver.execute("document.activeElement && document.activeElement.blur()")
+    return items
+
+
+def _wait_text(driver, css: str, text: str, timeout: float = 120.0) -> str:
+    """Wait until the element ``css`` shows ``text``; returns its text."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = driver.execute(f"const e = document.querySelector({json.dumps(css)}); return e ? e.innerText : ''")
+        if text in seen:
+            return seen
+        time.sleep(0.3)
+    raise AssertionError(f"{css} never showed {text!r}; last: {seen[-300:]!r}")
+
+
+def test_new_editor_scenario(browser, served, tmp_path, shared):
+    """Issue 14 items 4, 2 and 1 as a new editor meets them: a subject built after the server
+    started is offered after a reload; new speech drops the old prediction and Render says so
+    instead of rendering the old dub; another person's video as template is refused with the
+    way to dub it."""
+    import soundfile as sf
+
+    from studio.ui.bench import _wait
+    from studio.ui.session import user_subjects_dir
+
+    demo, speech = served
+    # 4. a subject that appears on disk after the page was served (built by another session)
+    late = user_subjects_dir() / "late_subject"
+    if not late.exists():
+        shutil.copytree(sample_or_tiny(tmp_path.parent), late)
+        manifest = json.loads((late / "subject.json").read_text())
+        (late / "subject.json").write_text(json.dumps({**manifest, "name": "Late Subject"}))
+    browser.get(demo.local_url)
+    browser.wait_for("#predict", 120)
+    _wait(browser, "return document.body.innerText.includes('clip(s)') || null", 120, "the page")
+    offered = _options(browser, "#subject")
+    assert any("Late Subject" in o for o in offered), f"a subject built later is not listed: {offered}"
+
+    # 2. predict, then new speech: the prediction is dropped and Render refuses
+    loaded = "return !!document.querySelector('#speech [data-testid=download-link]') || null"
+    if not browser.execute(loaded):  # the studio preloads the sample speech when it has one
+        browser.send_keys(browser.wait_for("#speech input[type=file]"), str(speech))
+        _wait(browser, loaded, 120, "the upload")
+    browser.click(browser.wait_for("#predict"))
+    _wait_text(browser, "#summary", "frames")
+    other = tmp_path / "other_speech.wav"
+    signal, rate = sf.read(str(speech))
+    sf.write(str(other), signal[: len(signal) // 2], rate)
+    browser.click(browser.wait_for("#speech button[aria-label='Clear']"))  # back to the upload input
+    browser.send_keys(browser.wait_for("#speech input[type=file]"), str(other))
+    _wait_text(browser, "#summary", "Inputs changed")
+    browser.click(browser.wait_for("#render"))
+    _wait_text(browser, ".toast-wrap", "Nothing predicted yet")
+
+    # 1. another person's video as the template of this subject
+    video = shared / "media" / "video" / "katie_hill.mp4"
+    if not video.exists():
+        pytest.skip("../shared footage of another person is not available")
+    browser.send_keys(browser.wait_for("#template_upload input[type=file]"), str(video))
+    _wait(browser, "const v = document.querySelector('#template_upload video'); return (v && v.src) || null", 120,
+          "the template upload")
+    browser.click(browser.wait_for("#predict"))
+    try:
+        text = _wait_text(browser, ".toast-wrap", "different person", timeout=300)
+    except AssertionError as exc:
+        summary = browser.execute("return document.querySelector('#summary').innerText")
+        raise AssertionError(f"{exc}; summary: {summary!r}") from None
+    assert "One step" in text or "Subject tab" in text

@@ -103,6 +103,7 @@ def build():
                         template_clip = gr.Dropdown(clips, value=clips[0] if clips else None, allow_custom_value=True,
                                                     label="Template clip of the subject", elem_id="template")
                         template_upload = gr.Video(label="... or upload a template video", sources=["upload"],
+                                                   elem_id="template_upload",
                                                    height=160)
                         with gr.Row():
                             variant = gr.Dropdown(trained, value="ours" if ("Ours", "ours") in trained else None,
