@@ -168,6 +168,41 @@ def test_killed_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path):
     assert _sha(out / "c.mp4") != old
 
 
+@pytest.mark.slow
+def test_killed_ray_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path):
+    """The same on a local Ray cluster: SIGKILL the driver after the first journaled job, run the
+    command again: finished jobs are skipped untouched, the rest are done, each once."""
+    pytest.importorskip("ray")
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("s1.wav", "s2.wav"):
+        (d / name).symlink_to(inputs / name)
+    rows = [f"{SAMPLE},s1.wav,a.mp4", f"{SAMPLE},s2.wav,b.mp4", f"{SAMPLE},s1.wav,c.mp4", f"{SAMPLE},s2.wav,d.mp4"]
+    manifest = d / "manifest.csv"
+    manifest.write_text("subject,speech,output\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "studio", "dub-batch", str(manifest), "--out", str(out), "--workers", "1",
+           "--ray", "local"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / batch.STATE_DIR / batch.JOURNAL
+    deadline = time.monotonic() + 300
+    while not (journal.exists() and _journal_done(out)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the batch ended before a job was journaled"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = set(_journal_done(out))
+    assert 1 <= len(finished) < 4, finished
+    before = {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished}
+    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = _summary(out)
+    assert {summary[r]["output"]: summary[r]["status"] for r in summary} == {
+        n: "skipped" if n in finished else "done" for n in ("a.mp4", "b.mp4", "c.mp4", "d.mp4")}
+    assert {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished} == before
+    assert sorted(_journal_done(out)) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
