@@ -183,6 +183,7 @@ def test_killed_ray_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "studio", "dub-batch", str(manifest), "--out", str(out), "--workers", "1",
            "--ray", "local"]
+    ray_before = _ray_processes()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / batch.STATE_DIR / batch.JOURNAL
     deadline = time.monotonic() + 300
@@ -194,13 +195,40 @@ def test_killed_ray_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path
     finished = set(_journal_done(out))
     assert 1 <= len(finished) < 4, finished
     before = {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished}
-    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    try:
+        again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        _reap_orphaned_ray_agents(ray_before)
     assert again.returncode == 0, again.stderr[-2000:]
     summary = _summary(out)
     assert {summary[r]["output"]: summary[r]["status"] for r in summary} == {
         n: "skipped" if n in finished else "done" for n in ("a.mp4", "b.mp4", "c.mp4", "d.mp4")}
     assert {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished} == before
     assert sorted(_journal_done(out)) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+
+
+def _ray_processes() -> set[int]:
+    """Pids of Ray's own processes (named ``ray::...``) on this machine."""
+    pids = set()
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and (p / "cmdline").read_bytes().startswith(b"ray::"):
+                pids.add(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _reap_orphaned_ray_agents(before: set[int]) -> None:
+    """A SIGKILLed driver cannot stop the local cluster it started; its raylet goes with it, but
+    the dashboard and runtime-env agents are left to init. Stop those (only ones new since
+    ``before`` whose parent is init)."""
+    for pid in _ray_processes() - before:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == "1":
+                os.kill(pid, signal.SIGKILL)  # they ignore SIGTERM once their raylet is gone
+        except (OSError, IndexError):
+            continue
 
 
 def _alive(pid: int) -> bool:
