@@ -410,8 +410,12 @@ class Pipeline:
 
     def render(self, subject: Subject, template, speech: Speech, lms: Landmarks, out_path: str | os.PathLike[str],
                renderer: str = "retrieval", *, progress: Progress | None = None,
-               cancel: threading.Event | None = None) -> Path:
-        """Render every frame and write an H.264/AAC mp4 with the speech (atomic: temp + rename)."""
+               cancel: threading.Event | None = None, quality: str | None = None) -> Path:
+        """Render every frame and write an H.264/AAC mp4 with the speech (atomic: temp + rename).
+        ``quality``: a key of ENCODINGS ("standard", "high"); None: the pipeline's setting."""
+        quality = quality or self.config.quality
+        if quality not in ENCODINGS:
+            raise InputError(f"Unknown output quality {quality!r}.", f"Use one of {list(ENCODINGS)}.")
         n = lms.points.shape[0]
         size = (template.meta.width, template.meta.height)
         report = progress or (lambda f, d: None)
@@ -420,7 +424,7 @@ class Pipeline:
         original = Path(speech.path)
         same = original.is_file() and sha256_file(original) == speech.sha256
         with media.VideoWriter(out_path, lms.fps, size, audio=original if same else speech.signal,
-                               **ENCODINGS[self.config.quality]) as writer:
+                               **ENCODINGS[quality]) as writer:
             frames = self.render_frames(subject, template, lms, renderer, cancel=cancel)
             # frames are rendered in another thread while this one feeds the encoder
             for k, frame in enumerate(media.prefetch(frames, 4)):

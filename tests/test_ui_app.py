@@ -88,7 +88,7 @@ def test_predict_edit_render(served):
     edits = json.loads(Path(_path(saved)).read_text())
     assert edits["pca_offsets"][0] == 3.0 and edits["mouth_open_gain"] == 2.0
 
-    video, video_file, csv = client.predict("retrieval", 50, 150, api_name="/render")
+    video, video_file, csv = client.predict("retrieval", 50, 150, "standard", api_name="/render")
     stats = video_stats(Path(_path(video)))
     fps = stats["fps"]
     expected = int(round(3.0 * fps))

@@ -297,6 +297,16 @@ def test_render_full_writes_video_and_landmarks(env, h, predicted):
     assert Path(h.download_landmarks(edited)).is_file()
 
 
+def test_high_quality_render_is_encoded_for_delivery(env, h, predicted):
+    """The Render section's quality choice reaches the encoder: x264 records its settings in the
+    stream (crf 16 for "high", 18 for "standard")."""
+    state = predicted[0]
+    _, standard, _, _ = h.render_full(state, "retrieval", 50, 150, "standard")
+    _, high, _, _ = h.render_full(state, "retrieval", 50, 150, "high")
+    assert b"crf=18.0" in Path(standard).read_bytes() and b"crf=16.0" in Path(high).read_bytes()
+    assert Path(high).stat().st_size > Path(standard).stat().st_size
+
+
 def test_cancel_stops_a_render_and_leaves_no_file(env, h, predicted):
     state = predicted[0]
     before = set(state.folder().glob("dub-*"))

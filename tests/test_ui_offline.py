@@ -55,7 +55,7 @@ CHILD = HOOK + textwrap.dedent(r"""
     from gradio_client import Client, handle_file
     client = Client(demo.local_url, verbose=False)
     summary = client.predict(subject, handle_file(speech), clip, None, "ours", api_name="/predict")[-1]
-    video = client.predict("retrieval", 50, 150, api_name="/render")[0]
+    video = client.predict("retrieval", 50, 150, "standard", api_name="/render")[0]
     time.sleep(2.0)  # give any background thread (analytics, version checks) its chance
     demo.close()
     print("RESULT " + json.dumps({"page": page.status_code, "config": config.status_code, "summary": summary,

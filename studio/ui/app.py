@@ -172,6 +172,9 @@ def build():
                         r_start = gr.Number(0, precision=0, label="range from", min_width=90)
                         r_stop = gr.Number(h.SHORT_RANGE_FRAMES, precision=0, label="to", min_width=90)
                         range_btn = gr.Button("Render range", elem_id="render_range")
+                        quality = gr.Radio([("Standard", "standard"), ("High (delivery)", "high")],
+                                           value="standard", label="Output quality", elem_id="quality",
+                                           min_width=160)
                         full_btn = gr.Button("Render full clip", variant="primary", elem_id="render")
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     with gr.Row():
@@ -297,7 +300,7 @@ def build():
                                         [preview_img], api_name="preview_frame", **heavy)
         range_evt = range_btn.click(h.render_range, [state, r_start, r_stop, renderer, canny_low, canny_high],
                                     [video], api_name="render_range", **heavy)
-        full_evt = full_btn.click(h.render_full, [state, renderer, canny_low, canny_high],
+        full_evt = full_btn.click(h.render_full, [state, renderer, canny_low, canny_high, quality],
                                   [state, video, video_file, csv_file], api_name="render", **heavy)
         cancel_btn.click(h.cancel, [state], None, cancels=[preview_evt, range_evt, full_evt], api_name="cancel")
         csv_btn.click(h.download_landmarks, [state], [csv_file], api_name="landmarks_csv")

@@ -547,8 +547,10 @@ def render_range(state: DubState, start: int, stop: int, renderer: str, canny_lo
 
 
 @user_errors
-def render_full(state: DubState, renderer: str, canny_low: float, canny_high: float, progress=gr.Progress()):
-    """Render the whole dub -> (state, video path, mp4 download, landmarks CSV download)."""
+def render_full(state: DubState, renderer: str, canny_low: float, canny_high: float, quality: str = "standard",
+                progress=gr.Progress()):
+    """Render the whole dub -> (state, video path, mp4 download, landmarks CSV download).
+    ``quality``: "standard" (fast) or "high" (for delivery; slower, larger file)."""
     pipe, subject, tpl = _loaded(state)
     sp = pipe.speech(state.speech_path)
     cancel = cancel_token(state.session_id)
@@ -556,7 +558,7 @@ def render_full(state: DubState, renderer: str, canny_low: float, canny_high: fl
     out = _output_path(state, "dub", ".mp4")
     progress(0.0, desc="rendering")
     pipe.render(subject, tpl, sp, state.lms, out, renderer or "retrieval",
-                progress=_reporter(progress), cancel=cancel)
+                progress=_reporter(progress), cancel=cancel, quality=quality or "standard")
     csv = landmarks_csv(state)
     state = state.replace(outputs=state.outputs + (str(out),))
     return state, str(out), str(out), csv
