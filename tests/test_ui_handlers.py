@@ -69,6 +69,29 @@ def test_subject_info_without_subject_and_unknown_folder(env, h, tmp_path):
         h.subject_info(str(tmp_path))
 
 
+def test_open_pages_pick_up_subjects_built_elsewhere(env, h, tmp_path):
+    """The poll sends nothing while the lists are unchanged, new choices (never a new value) when
+    a subject appears on disk, and nothing again after that."""
+    import shutil
+
+    from studio.ui.session import DubState, user_subjects_dir
+
+    state = DubState.new()
+    first = h.poll_subjects(None, state)
+    shown = first[2]
+    assert first[0] == gr.skip() and env["subject"] in shown[0]
+    assert h.poll_subjects(shown, state)[:2] == (gr.skip(), gr.skip())
+    late = user_subjects_dir() / "built_elsewhere"
+    shutil.copytree(env["subject"], late, symlinks=True)
+    try:
+        dub, ablation, now = h.poll_subjects(shown, state)
+        assert str(late.resolve()) in [p for _, p in dub["choices"]] and "value" not in dub
+        assert str(late.resolve()) in [p for _, p in ablation["choices"]]
+        assert h.poll_subjects(now, state)[:2] == (gr.skip(), gr.skip())
+    finally:
+        shutil.rmtree(late)
+
+
 def test_refresh_subjects_keeps_the_current_choice(env, h):
     update = h.refresh_subjects(env["subject"])
     assert env["subject"] in [p for _, p in update["choices"]] and update["value"] == env["subject"]

@@ -258,6 +258,8 @@ def build():
                     c_rendered = gr.Video(label="Rendered, side by side", interactive=False)
 
         timer = gr.Timer(0.12, active=False)
+        subjects_shown = gr.State(None)
+        subject_poll = gr.Timer(h.SUBJECT_POLL_SECONDS)
 
         # ---------------------------------------------------------------- wiring
         subject_outputs = [template_clip, variant, renderer, subject_md]
@@ -268,6 +270,9 @@ def build():
             h.subject_info, [subject, state], subject_outputs, api_name="init", show_progress="hidden")
         demo.load(h.refresh_subjects, [a_subject], [a_subject], api_name="load_ablation_subjects",
                   show_progress="hidden")
+        # ... and while the page is open, from a light poll (a build in another session shows up)
+        subject_poll.tick(h.poll_subjects, [subjects_shown, state], [subject, a_subject, subjects_shown],
+                          api_name="poll_subjects", **light)
         subject.input(h.subject_info, [subject, state], subject_outputs, api_name="subject_info")
         one_evt = one_btn.click(h.dub_video, [state, one_video, one_speech],
                                 [state, one_result, one_status, subject, speech], api_name="dub_video", **heavy)

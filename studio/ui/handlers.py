@@ -158,6 +158,24 @@ def refresh_subjects(current: str | None = None, state: DubState | None = None):
     return gr.update(choices=choices, value=value)
 
 
+SUBJECT_POLL_SECONDS = 15  # how often an open page looks for subjects built elsewhere
+
+
+def poll_subjects(shown: tuple | None, state: DubState | None = None):
+    """Timer tick: the subject lists of an open page follow subjects built or removed elsewhere
+    (another session's build, make-subject on the command line). -> (Dub dropdown, Ablations
+    dropdown, what they now show). Unchanged lists send nothing; changed ones get new choices but
+    keep their value, so the page's prediction is not touched."""
+    dub = subject_choices(state)
+    ablation = subject_choices(None)
+    now = (tuple(p for _, p in dub), tuple(p for _, p in ablation))
+    if shown is not None and tuple(map(tuple, shown)) == now:
+        return gr.skip(), gr.skip(), gr.skip()
+    if shown is None:  # the first tick after a page load: the lists were just read from disk
+        return gr.skip(), gr.skip(), now
+    return gr.update(choices=dub), gr.update(choices=ablation), now
+
+
 # -- predict ----------------------------------------------------------------------------------------
 
 def _template_key(subject, template_clip: str | None, template_upload: str | None) -> str | None:
