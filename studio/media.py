@@ -103,6 +103,61 @@ def _tail(text: str | bytes, n: int = 600) -> str:
 
 
 @dataclass(frozen=True)
+class Colour:
+    """How a video's YUV samples are to be read (its colour tags): range "tv" (limited) or "pc"
+    (full), matrix (ffmpeg's ``-colorspace``), primaries and transfer. Names are ffmpeg's."""
+
+    range: str
+    space: str
+    primaries: str
+    transfer: str
+
+    def encoder_args(self) -> list[str]:
+        """ffmpeg output options: convert RGB with this matrix and range, and tag the stream."""
+        return ["-colorspace", self.space, "-color_primaries", self.primaries, "-color_trc", self.transfer,
+                "-color_range", self.range]
+
+    def scale_filter(self) -> str:
+        """The RGB -> YUV conversion that matches the tags (swscale's names), then the tags on
+        the frames themselves (the encoder takes them from there)."""
+        return (f"scale=out_color_matrix={_SWS_MATRIX[self.space]}:out_range={'full' if self.range == 'pc' else 'tv'},"
+                f"format=yuv420p,setparams=range={self.range}:color_primaries={self.primaries}:"
+                f"color_trc={self.transfer}:colorspace={self.space}")
+
+
+_SWS_MATRIX = {"bt709": "bt709", "bt470bg": "bt601", "smpte170m": "smpte170m", "bt2020nc": "bt2020",
+               "fcc": "fcc", "smpte240m": "smpte240m"}
+_PRIMARIES = {"bt709", "bt470bg", "smpte170m", "bt2020", "bt470m", "smpte240m", "film", "smpte428",
+              "smpte431", "smpte432"}
+_TRANSFERS = {"bt709", "smpte170m", "gamma22", "gamma28", "smpte240m", "linear", "iec61966-2-1",
+              "iec61966-2-4", "bt2020-10", "bt2020-12", "smpte2084", "arib-std-b67", "bt470m", "bt470bg"}
+
+
+def _parse_colour(desc: str) -> Colour | None:
+    """The colour tags in a video stream's ``ffmpeg -i`` description, e.g. ``yuv420p(tv, bt709)``
+    or ``yuv420p(tv, bt470bg/bt470bg/smpte170m, progressive)``; None when untagged or unknown."""
+    m = re.search(r"\byuv[a-z0-9]*\(([^)]*)\)", desc)
+    if m is None:
+        return None
+    tokens = [t.strip() for t in m.group(1).split(",")]
+    rng = next((t for t in tokens if t in ("tv", "pc")), "tv")
+    for t in tokens:
+        parts = t.split("/")
+        if len(parts) == 1 and parts[0] in _SWS_MATRIX and parts[0] in _PRIMARIES | {"bt2020nc"}:
+            space = parts[0]
+            prim = "bt2020" if space == "bt2020nc" else space
+            trc = {"bt2020nc": "bt709", "bt470bg": "gamma28"}.get(space, space)
+            return Colour(rng, space, prim, trc if trc in _TRANSFERS else "bt709")
+        if len(parts) == 3 and parts[0] in _SWS_MATRIX:  # matrix/primaries/transfer; "unknown" parts
+            prim = parts[1] if parts[1] in _PRIMARIES else ("bt2020" if parts[0] == "bt2020nc" else parts[0])
+            trc = parts[2] if parts[2] in _TRANSFERS else ("smpte170m" if parts[0] == "smpte170m" else "bt709")
+            if prim not in _PRIMARIES:
+                prim = "bt709"
+            return Colour(rng, parts[0], prim, trc)
+    return None
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe_video` learns about a video file.
 
@@ -119,6 +174,7 @@ class VideoInfo:
     duration: float
     has_audio: bool
     rotation: int
+    colour: Colour | None = None  # its colour tags, when it has (known) ones
 
 
 @dataclass(frozen=True)
@@ -285,7 +341,8 @@ def _probe(path: PathLike) -> tuple[VideoInfo, bool]:
     if not regular:
         log.info("%s: variable frame spacing or an edit list; frames are read sequentially", p.name)
     info = VideoInfo(path=str(p), fps=fps, frames=frames, width=width, height=height,
-                     duration=frames / fps, has_audio=streams.audio, rotation=streams.rotation)
+                     duration=frames / fps, has_audio=streams.audio, rotation=streams.rotation,
+                     colour=_parse_colour(streams.video))
     return info, regular
 
 
@@ -648,7 +705,7 @@ class VideoWriter:
 
     def __init__(self, path: PathLike, fps: float, size: tuple[int, int],
                  audio: np.ndarray | PathLike | None = None, crf: int = 18,
-                 preset: str = "auto") -> None:
+                 preset: str = "auto", colour: Colour | None = None) -> None:
         self.path = Path(path)
         self.width, self.height = int(size[0]), int(size[1])
         if self.width <= 0 or self.height <= 0:
@@ -671,8 +728,12 @@ class VideoWriter:
             if audio_file is not None:
                 args += ["-i", str(audio_file), "-map", "0:v:0", "-map", "1:a:0",
                          "-c:a", "aac", "-b:a", AUDIO_BITRATE]
-            if self.width % 2 or self.height % 2:
-                args += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+            filters = ["pad=ceil(iw/2)*2:ceil(ih/2)*2"] if self.width % 2 or self.height % 2 else []
+            if colour is not None:  # keep the source's colour: same matrix and range, same tags
+                filters.append(colour.scale_filter())
+                args += colour.encoder_args()
+            if filters:
+                args += ["-vf", ",".join(filters)]
             if preset == "auto":
                 preset = encoder_preset(self.width, self.height)
             args += ["-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)),

@@ -423,8 +423,10 @@ class Pipeline:
         # the one that was decoded; the 16 kHz mono decode only feeds the network
         original = Path(speech.path)
         same = original.is_file() and sha256_file(original) == speech.sha256
+        # the template's colour tags (e.g. BT.709 HD): the dub is shown with the template's colours
+        colour = media.probe_video(template.video_path).colour
         with media.VideoWriter(out_path, lms.fps, size, audio=original if same else speech.signal,
-                               **ENCODINGS[quality]) as writer:
+                               colour=colour, **ENCODINGS[quality]) as writer:
             frames = self.render_frames(subject, template, lms, renderer, cancel=cancel)
             # frames are rendered in another thread while this one feeds the encoder
             for k, frame in enumerate(media.prefetch(frames, 4)):

@@ -549,3 +549,31 @@ def test_encoder_preset_gets_faster_with_frame_size():
     assert encoder_preset(1280, 720) == "veryfast"
     assert encoder_preset(1080, 1080) == "superfast"
     assert encoder_preset(1080, 1920) == encoder_preset(1920, 1080) == "ultrafast"
+
+
+def test_colour_tags_are_read_and_kept_through_a_round_trip(tmp_path):
+    """A BT.709 (HD) video written back with its colour tags carries the same tags (so players
+    show it like the source) and, decoded again, matches the frames that were written (codec loss
+    only: the RGB -> YUV conversion uses the tagged matrix, not ffmpeg's BT.601 default)."""
+    src = tmp_path / "hd709.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1",
+           "-vf", "scale=out_color_matrix=bt709:out_range=tv", "-colorspace", "bt709", "-color_primaries", "bt709",
+           "-color_trc", "bt709", "-color_range", "tv", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p",
+           str(src))
+    info = media.probe_video(src)
+    assert info.colour == media.Colour("tv", "bt709", "bt709", "bt709")
+    frames = list(media.iter_frames(src))
+    outs = {}
+    for name, colour in (("tagged", info.colour), ("untagged", None)):
+        out = tmp_path / f"{name}.mp4"
+        with VideoWriter(out, 25, (320, 240), crf=12, colour=colour) as w:
+            for f in frames:
+                w.write(f)
+        outs[name] = (media.probe_video(out).colour,
+                      np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
+                               for a, b in zip(frames, media.iter_frames(out))]))
+    assert outs["tagged"][0] == info.colour and outs["untagged"][0] is None
+    assert outs["tagged"][1] < 2.0 and outs["untagged"][1] < 2.0  # codec loss only, either way
+    assert media._parse_colour("yuv420p(tv, bt470bg/bt470bg/smpte170m, progressive)") == \
+        media.Colour("tv", "bt470bg", "bt470bg", "smpte170m")
+    assert media._parse_colour("yuv420p(progressive)") is None and media._parse_colour("rgb24") is None

@@ -202,6 +202,9 @@ def test_output_keeps_the_speech_files_sample_rate_and_channels(staged, pipe, tm
     line = next(x for x in err.splitlines() if "Audio:" in x)
     assert "48000 Hz" in line and "stereo" in line, line
     assert int(re.search(r"(\d+) kb/s", line).group(1)) >= 180, line  # the encoder's average; set to 192
+    # the picture keeps the template's size, frame rate and colour tags
+    mine, theirs = media.probe_video(out), media.probe_video(tpl.video_path)
+    assert (mine.width, mine.height, mine.fps, mine.colour) == (theirs.width, theirs.height, theirs.fps, theirs.colour)
 
 
 def test_high_quality_encoding_is_offered_and_checked(staged, tmp_path):
