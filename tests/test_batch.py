@@ -133,17 +133,8 @@ def test_killed_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path):
     manifest.write_text("subject,speech,output,edits\n" + "\n".join(rows) + "\n")
     out = tmp_path / "out"
     cmd = _without_ray(["dub-batch", str(manifest), "--out", str(out), "--workers", "1"])
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished, before = _kill_after_first_job(cmd, out)
     journal = out / batch.STATE_DIR / batch.JOURNAL
-    deadline = time.monotonic() + 240
-    while not (journal.exists() and _journal_done(out)):
-        assert proc.poll() is None and time.monotonic() < deadline, "the batch ended before a job was journaled"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = set(_journal_done(out))
-    assert 1 <= len(finished) < 4, finished
-    before = {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished}
     worker = int(batch.Journal(journal).records()[0]["worker"].split(":")[1])
     deadline = time.monotonic() + 20
     while _alive(worker):  # the worker dies with the batch (no orphan left rendering)
@@ -184,17 +175,7 @@ def test_killed_ray_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path
     cmd = [sys.executable, "-m", "studio", "dub-batch", str(manifest), "--out", str(out), "--workers", "1",
            "--ray", "local"]
     ray_before = _ray_processes()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    journal = out / batch.STATE_DIR / batch.JOURNAL
-    deadline = time.monotonic() + 300
-    while not (journal.exists() and _journal_done(out)):
-        assert proc.poll() is None and time.monotonic() < deadline, "the batch ended before a job was journaled"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = set(_journal_done(out))
-    assert 1 <= len(finished) < 4, finished
-    before = {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished}
+    finished, before = _kill_after_first_job(cmd, out)
     try:
         again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     finally:
@@ -205,6 +186,22 @@ def test_killed_ray_batch_resumes_without_redoing_finished_jobs(inputs, tmp_path
         n: "skipped" if n in finished else "done" for n in ("a.mp4", "b.mp4", "c.mp4", "d.mp4")}
     assert {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished} == before
     assert sorted(_journal_done(out)) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+
+
+def _kill_after_first_job(cmd: list[str], out: Path) -> tuple[set[str], dict[str, tuple[int, int]]]:
+    """Start the batch ``cmd``, SIGKILL it once a job is journaled as done -> (the finished
+    outputs, their (inode, mtime) to check that a re-run leaves them alone)."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / batch.STATE_DIR / batch.JOURNAL
+    deadline = time.monotonic() + 300
+    while not (journal.exists() and _journal_done(out)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the batch ended before a job was journaled"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = set(_journal_done(out))
+    assert 1 <= len(finished) < 4, finished
+    return finished, {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in finished}
 
 
 def _ray_processes() -> set[int]:
