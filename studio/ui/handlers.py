@@ -31,7 +31,6 @@ from studio import media
 from studio.edits import Edits, VadConfig, talk_chin_distance, talk_mouth_gap, voice_activity_from_energy
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face.layout import MOUTH_DIM, PCA_DIM
-from studio.lru import LRU
 from studio.subject import ALL_VARIANTS, VARIANT_LABELS
 from studio.ui import ablations, jobs, views
 from studio.ui.session import (
@@ -41,10 +40,12 @@ from studio.ui.session import (
     discover_subjects,
     get_pipeline,
     safe_name,
+    server,
     user_subjects_dir,
 )
 
 log = logging.getLogger(__name__)
+
 
 def train_preset() -> str:
     """The training preset the studio's jobs use (STUDIO_TRAIN_PRESET: a name or a .toml path)."""
@@ -100,8 +101,6 @@ def _need_prediction(state: DubState) -> None:
 
 # -- small caches -----------------------------------------------------------------------------------
 
-_tracks = LRU(8)  # template sha -> CropTrack over the template's own frames
-_faces = LRU(256, max_bytes=32 << 20)  # (template sha, template frame) -> (DISPLAY, DISPLAY, 3) zoomed face
 
 
 # -- subjects ---------------------------------------------------------------------------------------
@@ -271,10 +270,10 @@ def _track(tpl):
     from studio.render.crop import CropTrack
 
     key = tpl.meta.source_sha256
-    track = _tracks.get(key)
+    track = server().tracks.get(key)
     if track is None:
         track = CropTrack.from_landmarks(tpl.landmarks, (tpl.meta.width, tpl.meta.height), valid=tpl.valid)
-        _tracks.put(key, track)
+        server().tracks.put(key, track)
     return track
 
 
@@ -282,14 +281,14 @@ def _face(pipe, tpl, lms, i: int) -> np.ndarray:
     """The zoomed template face of output frame i, decoding ahead when it is not cached."""
     tf = int(lms.frame_index[i])
     key = (tpl.meta.source_sha256, tf)
-    face = _faces.get(key)
+    face = server().faces.get(key)
     if face is None:
         track = _track(tpl)
         stop = min(lms.frame_index.shape[0], i + PREFETCH_FRAMES)
         for k, frame in enumerate(pipe.template_frames(tpl, lms.frame_index, i, stop)):
             tk = int(lms.frame_index[i + k])
             img = track.crop(frame, tk, views.DISPLAY_SIZE)
-            _faces.put((tpl.meta.source_sha256, tk), img)
+            server().faces.put((tpl.meta.source_sha256, tk), img)
             if k == 0:
                 face = img
     return face

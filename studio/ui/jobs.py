@@ -15,13 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from studio.ui.session import REPO
+from studio.ui.session import REPO, server
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +84,21 @@ class Job:
         return "\n".join(flagged or tail[-lines:])
 
 
-_jobs: dict[str, Job] = {}
-_jobs_lock = threading.Lock()
-
-
 def start(session_id: str, args: Sequence[str], log_path: str | os.PathLike[str]) -> Job:
     """Start a job for a session; a session runs one job at a time (RuntimeError otherwise)."""
-    with _jobs_lock:
-        old = _jobs.get(session_id)
+    with server().lock:
+        jobs = server().jobs
+        old = jobs.get(session_id)
         if old is not None and old.running:
             raise RuntimeError("a job is already running in this session")
         job = Job(args, log_path)
-        _jobs[session_id] = job
+        jobs[session_id] = job
         return job
 
 
 def current(session_id: str) -> Job | None:
-    with _jobs_lock:
-        return _jobs.get(session_id)
+    with server().lock:
+        return server().jobs.get(session_id)
 
 
 def cancel(session_id: str) -> bool:
@@ -116,8 +112,8 @@ def cancel(session_id: str) -> bool:
 
 def running_count() -> int:
     """How many studio jobs (any session's) are running now."""
-    with _jobs_lock:
-        return sum(1 for job in _jobs.values() if job.running)
+    with server().lock:
+        return sum(1 for job in server().jobs.values() if job.running)
 
 
 # -- progress read from disk ------------------------------------------------------------------------

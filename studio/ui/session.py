@@ -26,7 +26,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
 from studio.edits import Edits
+from studio.lru import LRU
 from studio.subject import MANIFEST, Subject
 
 log = logging.getLogger(__name__)
@@ -102,31 +105,52 @@ def safe_name(text: str) -> str:
     return name[:64]
 
 
-# -- the one pipeline per process -------------------------------------------------------------------
+# -- what the server holds for all sessions ----------------------------------------------------------
 
-_pipeline = None
-_pipeline_lock = threading.Lock()
+@dataclass(eq=False)
+class ServerState:
+    """Everything the studio's server keeps across sessions, in one place (what belongs to one
+    session is in its :class:`DubState`): the pipeline (models and data caches, created on first
+    use), the viewer's derived images (bounded, keyed by content), each session's cancel flag and
+    each session's training job (:mod:`studio.ui.jobs`). One per process: :func:`server`."""
+
+    pipeline: Any = None
+    tracks: LRU = field(default_factory=lambda: LRU(8))  # template sha -> CropTrack of its own frames
+    faces: LRU = field(default_factory=lambda: LRU(256, max_bytes=32 << 20))  # (sha, frame) -> zoomed face
+    cancel_tokens: dict[str, threading.Event] = field(default_factory=dict)
+    jobs: dict[str, Any] = field(default_factory=dict)  # session id -> studio.ui.jobs.Job
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_server = ServerState()
+
+
+def server() -> ServerState:
+    """The process's :class:`ServerState`."""
+    return _server
 
 
 def get_pipeline():
-    """The process-wide :class:`studio.pipeline.Pipeline` (created on first use)."""
-    global _pipeline
-    with _pipeline_lock:
-        if _pipeline is None:
+    """The server's :class:`studio.pipeline.Pipeline` (created on first use)."""
+    state = server()
+    with state.lock:
+        if state.pipeline is None:
             from studio.manager import default_manager
             from studio.media import MediaLimits
             from studio.pipeline import Pipeline, PipelineConfig
 
             config = PipelineConfig(limits=MediaLimits.from_env())  # STUDIO_MAX_* (see MediaLimits)
-            _pipeline = Pipeline(default_manager(), config, work_dir=work_dir())
-        return _pipeline
+            state.pipeline = Pipeline(default_manager(), config, work_dir=work_dir())
+        return state.pipeline
 
 
 def set_pipeline(pipeline) -> None:
-    """Replace the process-wide pipeline (tests use a small one)."""
-    global _pipeline
-    with _pipeline_lock:
-        _pipeline = pipeline
+    """Replace the server's pipeline (tests use a small one; None: a new one on next use). The
+    viewer's images derived with the old one are dropped with it."""
+    state = server()
+    with state.lock:
+        state.pipeline = pipeline
+        state.tracks, state.faces = LRU(8), LRU(256, max_bytes=32 << 20)
 
 
 # -- per-session state ------------------------------------------------------------------------------
@@ -177,7 +201,8 @@ def drop_session(state) -> None:
     sid = getattr(state, "session_id", "")
     if not sid:
         return
-    _cancel_tokens.pop(sid, None)
+    with server().lock:
+        server().cancel_tokens.pop(sid, None)
     d = work_dir() / "sessions" / safe_name(sid)
     if d.is_dir():
         shutil.rmtree(d, ignore_errors=True)
@@ -185,11 +210,7 @@ def drop_session(state) -> None:
 
 # -- cancellation of long jobs, per session ---------------------------------------------------------
 
-_cancel_tokens: dict[str, threading.Event] = {}
-_cancel_lock = threading.Lock()
-
-
 def cancel_token(session_id: str) -> threading.Event:
     """The session's cancel flag (one per session; a new job clears it when it starts)."""
-    with _cancel_lock:
-        return _cancel_tokens.setdefault(session_id or "anonymous", threading.Event())
+    with server().lock:
+        return server().cancel_tokens.setdefault(session_id or "anonymous", threading.Event())
