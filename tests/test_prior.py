@@ -216,3 +216,27 @@ def test_timing_is_measured_on_the_footage(heads):
     assert abs(estimate_audio_shift(PRIOR_DIR, [b])) <= 2
     a = np.arange(40, dtype=np.float32)[:, None].repeat(26, 1)
     assert np.array_equal(shift_audio(a, 2)[:-8], a[8:]) and np.array_equal(shift_audio(a, 2)[-8:], a[-1:].repeat(8, 0))
+
+
+def test_recordings_with_different_offsets_are_aligned_before_fine_tuning(heads):
+    """Two recordings of one person whose sound runs 0 and 6 frames behind the picture: each is
+    measured on its own and moved onto the median timing, so the training data share one timing
+    and the checkpoint keeps the median for new speech."""
+    import dataclasses
+
+    from studio.models.identity import shift_audio
+    from studio.train.prior import align_timing, estimate_audio_shift
+
+    a = clip_arrays(heads[0])  # the same footage twice, once with its sound 6 frames late
+    late = dataclasses.replace(a, audio=shift_audio(a.audio, -6))
+    shifts = [estimate_audio_shift(PRIOR_DIR, [blk]) for blk in (a, late)]
+    assert abs(shifts[0]) <= 2 and abs(shifts[1] - 6) <= 2
+    aligned, person = align_timing([a, late], shifts)
+    assert person == round(float(np.median(shifts)))
+    for blk, s, out in zip((a, late), shifts, aligned):
+        assert np.array_equal(out.audio, shift_audio(blk.audio, s - person))
+    # shifted by the median on top (what the checkpoint does), each block gets its own shift
+    assert np.array_equal(shift_audio(aligned[1].audio, person)[100:-100],
+                          shift_audio(late.audio, shifts[1])[100:-100])
+    with pytest.raises(ValueError):
+        align_timing([a], [1, 2])
