@@ -91,16 +91,18 @@ def _options(driver, css: str) -> list[str]:
 def _wait_text(driver, css: str, text: str, timeout: float = 120.0) -> str:
     """Wait until the element ``css`` shows ``text``; returns its text."""
     deadline = time.monotonic() + timeout
-    seen = ""
+    seen: list[str] = []
     while time.monotonic() < deadline:
-        seen = driver.execute(f"const e = document.querySelector({json.dumps(css)}); return e ? e.innerText : ''")
-        if text in seen:
-            return seen
+        now = driver.execute(f"const e = document.querySelector({json.dumps(css)}); return e ? e.innerText : ''")
+        if text in now:
+            return now
+        if now and (not seen or seen[-1] != now):
+            seen.append(now)
         time.sleep(0.3)
-    raise AssertionError(f"{css} never showed {text!r}; last: {seen[-300:]!r}")
+    raise AssertionError(f"{css} never showed {text!r}; it showed: {[t[-300:] for t in seen]!r}")
 
 
-def test_new_editor_scenario(browser, served, tmp_path, shared):
+def test_new_editor_scenario(browser, served, tmp_path, shared, weights_dir, monkeypatch):
     """Issue 14 items 4, 2 and 1 as a new editor meets them: a subject built after the server
     started is offered after a reload; new speech drops the old prediction and Render says so
     instead of rendering the old dub; another person's video as template is refused with the
@@ -111,6 +113,7 @@ def test_new_editor_scenario(browser, served, tmp_path, shared):
     from studio.ui.session import user_subjects_dir
 
     demo, speech = served
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))  # the face model, for the uploaded template
     # 4. a subject that appears on disk after the page was served (built by another session)
     late = user_subjects_dir() / "late_subject"
     if not late.exists():
