@@ -228,3 +228,16 @@ def test_subjects_built_after_start_appear_on_load(served, tmp_path):
             assert str(target.resolve()) in text, (api, text[:300])
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def test_waiting_requests_show_their_queue_position():
+    """Renders, previews, builds and one-step dubs wait in the queue when another one runs; they
+    keep Gradio's full status tracker, which shows the queue position ("queue: 2/3") while they
+    wait and the progress bar after."""
+    from studio.ui import app
+
+    demo = app.build()
+    deps = {d.get("api_name"): d for d in demo.config["dependencies"]}
+    for name in ("render", "render_range", "preview_frame", "build_subject", "dub_video", "run_ablation",
+                 "landmark_video"):
+        assert deps[name]["queue"] is not False and deps[name]["show_progress"] == "full", name
