@@ -271,6 +271,26 @@ def table(result: dict[str, Any]) -> str:
 
 
 # -- CLI ------------------------------------------------------------------------------------------
+def add_video_pair_arguments(parser: argparse.ArgumentParser, dub_help: str, real_help: str,
+                             template_help: str) -> None:
+    """The arguments every dub-against-a-real-video check takes (``sync-check``, ``quality``):
+    the two videos, the optional template, the landmark backend and the landmark cache."""
+    parser.add_argument("dub", help=dub_help)
+    parser.add_argument("real", help=real_help)
+    parser.add_argument("--template", default=None, help=template_help)
+    parser.add_argument("--backend", choices=BACKENDS, default="mediapipe", help="landmark backend")
+    parser.add_argument("--work-dir", default=None,
+                        help=f"cache of the re-detected landmarks (default {default_work_dir()})")
+
+
+def print_report(result: dict[str, Any], text: str) -> int:
+    """A check's result as the CLI prints it: ``text`` (a table) on stderr, the result as one JSON
+    object on the last line of stdout. -> exit code 0."""
+    print(text, file=sys.stderr)
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    return 0
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Re-detect landmarks on a rendered dub and on a real video of the same speech, and score how "
@@ -278,22 +298,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "opening and the chin drop; mouth-shape LMD). Reference rows: the template with no lip sync "
         "(--template) and the speech-energy predictor. Prints a table on stderr and one JSON object "
         "on the last line of stdout.")
-    parser.add_argument("dub", help="the rendered dub (mp4 with the speech as its audio)")
-    parser.add_argument("real", help="a real video of the same speech, starting at the same moment")
+    add_video_pair_arguments(parser, "the rendered dub (mp4 with the speech as its audio)",
+                             "a real video of the same speech, starting at the same moment",
+                             "the dub's template video: adds the no-lip-sync reference row")
     parser.add_argument("--real-audio", default=None,
                         help="the real video's speech as a separate file (when the video has no sound)")
-    parser.add_argument("--template", default=None,
-                        help="the dub's template video: adds the no-lip-sync reference row")
-    parser.add_argument("--backend", choices=BACKENDS, default="mediapipe", help="landmark backend")
     parser.add_argument("--max-lag", type=int, default=metrics.MAX_LAG,
                         help="frames searched each way for the best lag (default %(default)s)")
-    parser.add_argument("--work-dir", default=None,
-                        help=f"cache of the re-detected landmarks (default {default_work_dir()})")
 
 
 def cli(args: argparse.Namespace) -> int:
     result = sync_check(args.dub, args.real, real_audio=args.real_audio, template_video=args.template,
                         work_dir=args.work_dir, backend=args.backend, max_lag=args.max_lag, progress=True)
-    print(table(result), file=sys.stderr)
-    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
-    return 0
+    return print_report(result, table(result))

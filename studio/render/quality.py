@@ -55,11 +55,9 @@ The command prints a short table on stderr and ONE JSON object on the last line 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -76,7 +74,7 @@ from studio.fsutil import json_safe
 from studio.render import REFERENCE_SIZE
 from studio.render.crop import CropConfig, CropTrack
 from studio.render.retrieval import REGION, RetrievalConfig
-from studio.sync import check_video, default_work_dir, detect_landmarks
+from studio.sync import add_video_pair_arguments, check_video, default_work_dir, detect_landmarks, print_report
 
 log = logging.getLogger(__name__)
 
@@ -365,14 +363,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "in face crops normalised for face scale (landmarks re-detected on every video). With "
         "--template, the same for the footage the dub was made from (no lip sync) as a baseline row. "
         "Prints a table on stderr and one JSON object on the last line of stdout.")
-    parser.add_argument("dub", help="the rendered dub (mp4)")
-    parser.add_argument("real", help="a real video of the same person (ideally of the same speech)")
-    parser.add_argument("--template", default=None, help="the dub's template video: adds the baseline row")
-    parser.add_argument("--backend", choices=BACKENDS, default="mediapipe", help="landmark backend")
+    add_video_pair_arguments(parser, "the rendered dub (mp4)",
+                             "a real video of the same person (ideally of the same speech)",
+                             "the dub's template video: adds the baseline row")
     parser.add_argument("--size", type=int, default=QualityConfig.size,
                         help="side of the normalised face crop in px (default %(default)s)")
-    parser.add_argument("--work-dir", default=None,
-                        help=f"cache of the re-detected landmarks (default {default_work_dir()})")
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -380,6 +375,4 @@ def cli(args: argparse.Namespace) -> int:
         raise InputError(f"--size {args.size} is too small.", "Use a crop of at least 32 px (default 256).")
     result = quality_check(args.dub, args.real, template_video=args.template, work_dir=args.work_dir,
                            backend=args.backend, cfg=QualityConfig(size=args.size), progress=True)
-    print(table(result), file=sys.stderr)
-    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
-    return 0
+    return print_report(result, table(result))
