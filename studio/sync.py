@@ -134,12 +134,8 @@ def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[
     Raises InputError (missing file, no sound at all, overlap under 2 s), NoFaceError (no face,
     or under 2 s of frames with a face in both videos).
     """
-    if backend not in BACKENDS:
-        raise InputError(f"Unknown landmark backend {backend!r}.", f"Use one of {list(BACKENDS)}.")
-    dub_path, dub_info = check_video(dub_video, "dub video")
-    real_path, real_info = check_video(real_video, "real video")
-    tpl_path, tpl_info = (check_video(template_video, "template video") if template_video is not None
-                          else (None, None))
+    (dub_path, dub_info), (real_path, real_info), (tpl_path, tpl_info) = check_videos(
+        dub_video, real_video, template_video, backend)
     real_audio_path = Path(real_audio) if real_audio is not None else None
     if real_audio_path is not None and not real_audio_path.is_file():
         raise InputError(f"The real audio {real_audio_path} does not exist.", "Check the path of the speech file.")
@@ -271,6 +267,16 @@ def table(result: dict[str, Any]) -> str:
 
 
 # -- CLI ------------------------------------------------------------------------------------------
+def check_videos(dub_video, real_video, template_video, backend: str) -> tuple[tuple, tuple, tuple]:
+    """The inputs of a dub-against-a-real-video check, checked: ((path, VideoInfo) of the dub, of
+    the real video, of the template or (None, None)). InputError for an unknown landmark backend
+    or a video that cannot be used."""
+    if backend not in BACKENDS:
+        raise InputError(f"Unknown landmark backend {backend!r}.", f"Use one of {list(BACKENDS)}.")
+    template = check_video(template_video, "template video") if template_video is not None else (None, None)
+    return check_video(dub_video, "dub video"), check_video(real_video, "real video"), template
+
+
 def add_video_pair_arguments(parser: argparse.ArgumentParser, dub_help: str, real_help: str,
                              template_help: str) -> None:
     """The arguments every dub-against-a-real-video check takes (``sync-check``, ``quality``):

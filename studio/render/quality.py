@@ -68,13 +68,13 @@ import numpy as np
 from studio import media
 from studio.errors import InputError, NoFaceError
 from studio.face import layout
-from studio.face.landmarks import BACKENDS
 from studio.face.normalize import face_scale
 from studio.fsutil import json_safe
 from studio.render import REFERENCE_SIZE
 from studio.render.crop import CropConfig, CropTrack
 from studio.render.retrieval import REGION, RetrievalConfig
-from studio.sync import add_video_pair_arguments, check_video, default_work_dir, detect_landmarks, print_report
+from studio.sync import (add_video_pair_arguments, check_video, check_videos, default_work_dir, detect_landmarks,
+                         print_report)
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +276,8 @@ def quality_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLi
     {"flicker": {"value", "real", "ratio"}, "sharpness": {...}, "seam": {...}, "frames",
     "valid_frames"} and ratio = value / real. Raises InputError, NoFaceError.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"Unknown landmark backend {backend!r}.", f"Use one of {list(BACKENDS)}.")
-    dub_path, dub_info = check_video(dub_video, "dub video")
-    real_path, real_info = check_video(real_video, "real video")
-    tpl_path, tpl_info = (check_video(template_video, "template video") if template_video is not None
-                          else (None, None))
+    (dub_path, dub_info), (real_path, real_info), (tpl_path, tpl_info) = check_videos(
+        dub_video, real_video, template_video, backend)
     seconds = min(dub_info.duration, real_info.duration)
     notes: list[str] = []
     if abs(dub_info.duration - real_info.duration) > 0.5:
