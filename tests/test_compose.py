@@ -190,6 +190,13 @@ def test_both_renderers_follow_one_interface_and_the_neural_one_renders_through_
         out = engine.draw(frame_inputs(track, frames[4], lms, 4, size), 4, engine.prepare(lms, track))
         assert out.image.shape == (size, size, 3) and out.mask.shape == (size, size)
         assert 0.0 <= float(out.mask.min()) and float(out.mask.max()) <= 1.0
+    # retrieval draws from the 68 wanted points directly; the 58-number call gives the same frame
+    track = sequence_track(retrieval.crop_config, lms, template)
+    inputs, picks = frame_inputs(track, frames[4], lms, 4, S), retrieval.prepare(lms, track)
+    same = retrieval.render_frame(inputs.crop, inputs.template_points, inputs.talk, int(picks[4]))
+    drawn = retrieval.draw(inputs, 4, picks)
+    np.testing.assert_array_equal(drawn.image, same.image)
+    np.testing.assert_array_equal(drawn.mask, same.mask)
     assert neural.render_size(S) == 64  # a network renders at the size it was built for
     seq = list(render_sequence(neural, iter(frames), lms, template, size=S))
     assert len(seq) == t and seq[0].shape == frames[0].shape

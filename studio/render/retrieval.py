@@ -753,12 +753,20 @@ class RetrievalRenderer:
         template_crop (S, S, 3) uint8; template_points (68, 2) crop px; predicted_talk (58,) crop
         px. S may differ from the pool's size.
         """
+        tp = np.asarray(template_points, np.float64)
+        dst = layout.with_talking(tp, np.asarray(predicted_talk, np.float64).reshape(-1))
+        return self.warp_into(template_crop, tp, dst, index)
+
+    def warp_into(self, template_crop: np.ndarray, template_points: np.ndarray, points: np.ndarray,
+                  index: int) -> Rendered:
+        """:meth:`render_frame` with the wanted face as 68 points (crop px): the template's points
+        with the predicted mouth and jaw, as :func:`studio.render.base.frame_inputs` gives them."""
         cfg = self.cfg
         crop = np.asarray(template_crop)
         size = crop.shape[0]
         assert crop.shape == (size, size, 3), f"template_crop must be (S, S, 3), got {crop.shape}"
         tp = np.asarray(template_points, np.float64)
-        dst = layout.with_talking(tp, np.asarray(predicted_talk, np.float64).reshape(-1))
+        dst = np.asarray(points, np.float64)
         src = self.pool.points[index].astype(np.float64)
         patch = self._patch(index)
         off = self.pool.offsets[index].astype(np.float64)
@@ -829,7 +837,7 @@ class RetrievalRenderer:
         return self.pick(lms.template, layout.talking_vector(lms.points))
 
     def draw(self, inputs: FrameInputs, i: int, state: np.ndarray) -> Rendered:
-        return self.render_frame(inputs.crop, inputs.template_points, inputs.talk, int(state[i]))
+        return self.warp_into(inputs.crop, inputs.template_points, inputs.points, int(state[i]))
 
     def render(self, template_crops: Iterable[np.ndarray], template_points: np.ndarray,
                predicted_talk: np.ndarray, picks: np.ndarray | None = None,
