@@ -84,3 +84,30 @@ def face_image(points: np.ndarray, h: int = 256, w: int = 256, seed: int = 0) ->
     cv2.fillPoly(teeth, [np.round(band * 16).astype(np.int32)], (235, 235, 225), cv2.LINE_AA, sh)
     img = np.where(clip_mask[..., None] > 0, teeth, img)
     return img
+
+
+def painted_clip(root, sha: str, missing: tuple[int, ...] = (), t: int = 20, size: int = 128):
+    """A preprocessed clip folder ``root/clip`` of ``t`` painted faces whose mouth opens and
+    closes, with its video; frames in ``missing`` have no detection. -> the folder (Path)."""
+    from pathlib import Path
+
+    from studio import media
+    from studio.data.clip import Clip, ClipMeta
+    from studio.face.normalize import face_scale
+
+    root = Path(root)
+    points = np.stack([face_points(64, 58, 20, opening=0.5 + 0.5 * np.sin(i / 2)) for i in range(t)])
+    video = root / "video.mp4"
+    with media.VideoWriter(video, fps=25, size=(size, size)) as vw:
+        for p in points:
+            vw.write(face_image(p, size, size))
+    found = np.ones(t, bool)
+    found[list(missing)] = False
+    meta = ClipMeta(source=str(video), source_sha256=sha, fps=25.0, frames=t, width=size, height=size,
+                    faces_found=int(found.sum()), backend="synthetic", audio_seconds=0.0, video=str(video))
+    clip = Clip(meta=meta, landmarks=points, found=found, valid=np.ones(t, bool), pose=np.zeros((t, 3), np.float32),
+                centre=points[:, 31:36].mean(1), scale=face_scale(points).astype(np.float32),
+                boxes=np.tile(np.array([0, 0, size, size], np.float32), (t, 1)),
+                audio=np.zeros((4 * t, 26), np.float32))
+    clip.save(root / "clip")
+    return root / "clip"

@@ -231,28 +231,9 @@ def test_torchrun_resumes_a_run_as_one_process_does(setup, tmp_path):
 @pytest.fixture(scope="module")
 def renderer_clip(tmp_path_factory) -> Path:
     """A 20-frame painted face clip with video (as in tests/test_renderer.py)."""
-    from render_faces import face_image, face_points
+    from render_faces import painted_clip
 
-    from studio import media
-    from studio.data.clip import Clip, ClipMeta
-    from studio.face.normalize import face_scale
-
-    root = tmp_path_factory.mktemp("rclip")
-    t, size = 20, 128
-    points = np.stack([face_points(64, 58, 20, opening=0.5 + 0.5 * np.sin(i / 2)) for i in range(t)])
-    video = root / "video.mp4"
-    with media.VideoWriter(video, fps=25, size=(size, size)) as vw:
-        for p in points:
-            vw.write(face_image(p, size, size))
-    meta = ClipMeta(source=str(video), source_sha256="synthetic-dist", fps=25.0, frames=t, width=size, height=size,
-                    faces_found=t, backend="synthetic", audio_seconds=0.0, video=str(video))
-    clip = Clip(meta=meta, landmarks=points, found=np.ones(t, bool), valid=np.ones(t, bool),
-                pose=np.zeros((t, 3), np.float32), centre=points[:, 31:36].mean(1),
-                scale=face_scale(points).astype(np.float32),
-                boxes=np.tile(np.array([0, 0, size, size], np.float32), (t, 1)),
-                audio=np.zeros((4 * t, 26), np.float32))
-    clip.save(root / "clip")
-    return root / "clip"
+    return painted_clip(tmp_path_factory.mktemp("rclip"), "synthetic-dist")
 
 
 @pytest.mark.slow

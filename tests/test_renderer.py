@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from render_faces import face_image, face_points
+from render_faces import face_image, face_points, painted_clip
 from studio.errors import CheckpointError, InputError, WeightsError
 from studio.models.renderer import (RendererConfig, SelfAttention2d, VGGPerceptualLoss, _vgg19_features,
                                     adversarial_loss, build_discriminator, build_generator,
@@ -346,27 +346,8 @@ def test_benchmark_reports_frames_per_second():
 
 @pytest.fixture(scope="module")
 def synthetic_clip(tmp_path_factory) -> Path:
-    from studio import media
-    from studio.data.clip import Clip, ClipMeta
-    from studio.face.normalize import face_scale
-
-    root = tmp_path_factory.mktemp("clip")
-    t, size = 20, 128
-    points = np.stack([face_points(64, 58, 20, opening=0.5 + 0.5 * np.sin(i / 2)) for i in range(t)])
-    video = root / "video.mp4"
-    with media.VideoWriter(video, fps=25, size=(size, size)) as vw:
-        for p in points:
-            vw.write(face_image(p, size, size))
-    found = np.ones(t, bool)
-    found[3] = False  # a frame without a detection is left out of the pairs
-    meta = ClipMeta(source=str(video), source_sha256="synthetic-test", fps=25.0, frames=t, width=size,
-                    height=size, faces_found=t - 1, backend="synthetic", audio_seconds=0.0, video=str(video))
-    clip = Clip(meta=meta, landmarks=points, found=found, valid=np.ones(t, bool), pose=np.zeros((t, 3), np.float32),
-                centre=points[:, 31:36].mean(1), scale=face_scale(points).astype(np.float32),
-                boxes=np.tile(np.array([0, 0, size, size], np.float32), (t, 1)),
-                audio=np.zeros((4 * t, 26), np.float32))
-    clip.save(root / "clip")
-    return root / "clip"
+    # frame 3 without a detection: it is left out of the pairs
+    return painted_clip(tmp_path_factory.mktemp("clip"), "synthetic-test", missing=(3,))
 
 
 def test_train_renderer_end_to_end_and_resume(synthetic_clip, tmp_path):
