@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -52,6 +53,25 @@ def test_identity_roundtrip_is_close():
     out = compose_frame(frames[0], crop, track, 0, face_mask(track.to_crop(pts[0], 0, size), size))
     diff = np.abs(out.astype(int) - frames[0]).mean()
     assert diff < 2.0
+
+
+def test_crop_and_paste_back_keep_fine_texture():
+    """A dub resamples the footage at least twice (crop, paste-back): with bilinear resampling this
+    round trip alone kept 0.59 of the Laplacian variance of fine texture; cubic keeps ~1.0."""
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (H, W, 3)).astype(np.float32), (0, 0), 1.0)
+    frame = np.clip((texture - 128) * 3 + 128, 0, 255).astype(np.uint8)
+    pts = np.stack([face_points(150 + 0.37 * i, 110 + 0.21 * i, 28) for i in range(3)])  # sub-px offsets
+    track = CropTrack.from_landmarks(pts, (W, H))
+    size = int(round(track.sides[1] * 1.4))  # the usual case: the crop upsamples the face ~1.4x
+    out = compose_frame(frame, track.crop(frame, 1, size), track, 1, np.ones((size, size), np.float32))
+    x0, y0, x1, y1 = (int(v) for v in track.box(1))
+    inner = (slice(y0 + 10, y1 - 10), slice(x0 + 10, x1 - 10))
+
+    def sharpness(img):
+        return cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[inner], cv2.CV_64F).var()
+
+    assert 0.85 <= sharpness(out) / sharpness(frame) <= 1.2
 
 
 def test_invalid_frame_and_none_pass_through():

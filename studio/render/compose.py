@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from studio.errors import CancelledError, InputError
-from studio.render import REFERENCE_SIZE
+from studio.render import REFERENCE_SIZE, RESAMPLE
 from studio.render.crop import CropTrack
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ def compose_frame(frame: np.ndarray, crop_img: np.ndarray | None, track: CropTra
     ys, xs = np.nonzero(alpha > 0)
     if len(xs) == 0:
         return frame
-    # the mask's bounding box in frame px (1 px margin for the bilinear footprint)
-    corners = np.array([[xs.min() - 1, ys.min() - 1], [xs.max() + 1, ys.max() + 1]], np.float64)
+    # the mask's bounding box in frame px (2 px margin for the bicubic footprint)
+    corners = np.array([[xs.min() - 2, ys.min() - 2], [xs.max() + 2, ys.max() + 2]], np.float64)
     fc = track.to_frame(corners, i, size)
     h, w = frame.shape[:2]
     x0, y0 = max(int(np.floor(fc[0, 0])), 0), max(int(np.floor(fc[0, 1])), 0)
@@ -106,7 +106,7 @@ def compose_frame(frame: np.ndarray, crop_img: np.ndarray | None, track: CropTra
     m = track.inverse_matrix(i, size).copy()
     m[:, 2] -= (x0, y0)
     dsize = (x1 - x0, y1 - y0)
-    patch = cv2.warpAffine(np.ascontiguousarray(crop_img), m, dsize, flags=cv2.INTER_LINEAR,
+    patch = cv2.warpAffine(np.ascontiguousarray(crop_img), m, dsize, flags=RESAMPLE,
                            borderMode=cv2.BORDER_REPLICATE)
     a = cv2.warpAffine(alpha, m, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     a = np.clip(a, 0, 1)

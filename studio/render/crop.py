@@ -32,6 +32,7 @@ import numpy as np
 from studio.errors import InputError, NoFaceError
 from studio.face.layout import EYE_LEFT, EYE_RIGHT, STABLE
 from studio.face.normalize import face_scale
+from studio.render import RESAMPLE
 
 SIZES = (256, 512, 720)  # the render sizes the project uses (paper: 720)
 
@@ -207,7 +208,7 @@ class CropTrack:
                         k = k * shrink
                 sigma = 0.5 * (1 / k - 1)
                 src = cv2.GaussianBlur(region, (0, 0), sigma) if sigma > 0.05 else region
-        return cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR,
+        return cv2.warpAffine(src, m, (size, size), flags=RESAMPLE,
                               borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -59,7 +59,7 @@ from studio.face import layout
 from studio.face.normalize import face_scale, nose_centre
 from studio.fsutil import atomic_path
 from studio.render.compose import feathered_mask
-from studio.render import REFERENCE_SIZE
+from studio.render import REFERENCE_SIZE, RESAMPLE
 from studio.render.base import FrameInputs, Rendered
 
 log = logging.getLogger(__name__)
@@ -672,7 +672,7 @@ def mouth_interior(warped: np.ndarray, dst: np.ndarray, box: tuple[int, int, int
         if f > 1:
             maps = cv2.resize(maps, (wc * f, hc * f), interpolation=cv2.INTER_LINEAR)[:shape[0], :shape[1]]
         fill = cv2.remap(donor.patch, np.ascontiguousarray(maps[..., 0]), np.ascontiguousarray(maps[..., 1]),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+                         RESAMPLE, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         fill += (donor.dark * maps[..., 3:] - fill) * maps[..., 2:3]
     else:
         lips = (_poly_mask(dst[list(layout.OUTER_LIP)], shape, lo) > 127) & (hard < 128)
@@ -791,7 +791,7 @@ class RetrievalRenderer:
         if x1 <= x0 or y1 <= y0:
             return Rendered(crop.copy(), np.zeros((size, size), np.float32), int(index))
         map_x, map_y, inside = piecewise_affine_maps(d_pts, s_pts, box)
-        warped = cv2.remap(patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.remap(patch, map_x, map_y, RESAMPLE, borderMode=cv2.BORDER_REPLICATE)
         if cfg.fill_mouth:
             strength = fill_strength(float(opening_ratio(dst)), float(opening_ratio(src)), cfg)
             if strength > 0:
