@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 
 from studio.face import layout
@@ -74,4 +75,5 @@ def frame_inputs(track, frame: np.ndarray, lms, i: int, size: int) -> FrameInput
     """What a renderer gets for output frame ``i``: ``frame`` is its template frame (H, W, 3)."""
     tp = track.to_crop(lms.template[i], i, size)
     dst = track.to_crop(lms.points[i], i, size)
-    return FrameInputs(track.crop(frame, i, size), tp, dst, layout.talking_vector(dst))
+    # bilinear: inside the renderer's mask these pixels are replaced, and it is 6x cheaper than bicubic
+    return FrameInputs(track.crop(frame, i, size, cv2.INTER_LINEAR), tp, dst, layout.talking_vector(dst))

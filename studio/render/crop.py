@@ -174,11 +174,11 @@ class CropTrack:
         """(..., 2) crop px -> (..., 2) frame px; inverse of :meth:`to_crop`."""
         return _apply(self.inverse_matrix(i, size), points)
 
-    def crop(self, frame: np.ndarray, i: int, size: int) -> np.ndarray:
+    def crop(self, frame: np.ndarray, i: int, size: int, interpolation: int = RESAMPLE) -> np.ndarray:
         """frame (H, W, 3) uint8 -> (size, size, 3) uint8 crop i; outside the frame: edges repeated.
 
         When the crop shrinks the face by more than 1.5x the frame is low-passed first so the crop
-        does not alias.
+        does not alias. ``interpolation``: a cv2 flag (default bicubic, :data:`studio.render.RESAMPLE`).
         """
         m = self.matrix(i, size)
         k = m[0, 0]
@@ -208,7 +208,7 @@ class CropTrack:
                         k = k * shrink
                 sigma = 0.5 * (1 / k - 1)
                 src = cv2.GaussianBlur(region, (0, 0), sigma) if sigma > 0.05 else region
-        return cv2.warpAffine(src, m, (size, size), flags=RESAMPLE,
+        return cv2.warpAffine(src, m, (size, size), flags=interpolation,
                               borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -240,7 +240,8 @@ def normalised_frames(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid
     lm = np.asarray(landmarks, np.float64)
     track = CropTrack.from_landmarks(lm, frame_size, crop_cfg, valid=valid)
     for i, frame in zip(range(len(lm)), frames):
-        gray = cv2.cvtColor(track.crop(frame, i, size), cv2.COLOR_RGB2GRAY)
+        # bilinear, as when the measure was defined: the ruler does not change with the renderers
+        gray = cv2.cvtColor(track.crop(frame, i, size, cv2.INTER_LINEAR), cv2.COLOR_RGB2GRAY)
         yield gray, track.to_crop(lm[i], i, size), bool(track.valid[i])
 
 
