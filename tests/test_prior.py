@@ -16,7 +16,7 @@ from studio.models import identity
 from studio.models.conditioning import smooth_pose
 from studio.models.checkpoint import MappingModel
 from studio.train.mapping import to_canonical
-from studio.train.prior import PRIOR_DIR, adapt_prior, fine_tune, finetune_plan, speech_problem
+from studio.train.prior import PRIOR_DIR, SELECT_DIR, adapt_prior, fine_tune, finetune_plan, speech_problem
 from studio.train.windows import clip_arrays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,18 +104,44 @@ def test_finetune_plan_shrinks_windows_and_gives_up_on_tiny_footage():
     assert finetune_plan([1500])["window"] == 64
 
 
-def test_finetune_is_never_worse_than_the_prior_on_held_out_footage(heads, tmp_path):
+def test_finetune_chooses_on_held_out_footage_then_trains_on_all_of_it(heads, tmp_path):
     ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0)
     cfg = json.loads((ckpt / "config.json").read_text())
-    res = cfg["result"]
-    assert res["base_val_loss"] is not None and res["best_val_loss"] <= res["base_val_loss"] + 1e-9
+    chosen = json.loads((ckpt / SELECT_DIR / "config.json").read_text())
+    sel = chosen["result"]
+    # the choice is never worse than the prior on the held-out quarter: the prior is its epoch 0
+    assert sel["base_val_loss"] is not None and sel["best_val_loss"] <= sel["base_val_loss"] + 1e-9
+    assert sel["best_epoch"] > 0, "this head's footage should improve on the prior"
+    # then the same number of epochs on all of the footage, with the held-out run's gain
+    assert cfg["result"]["refit"]["epochs"] == sel["best_epoch"] == cfg["result"]["epochs"]
+    assert cfg["data"]["val_frames"] == 0 and cfg["data"]["train_frames"] > chosen["data"]["train_frames"]
     model = MappingModel.load(ckpt)
+    assert model.gain is not None and model.gain.gain == pytest.approx(sel["articulation_gain"])
+    assert cfg["result"]["articulation_gain"] == pytest.approx(sel["articulation_gain"])
+    # a second call finds both runs done and changes nothing
+    before = (ckpt / "model.safetensors").read_bytes()
+    fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0)
+    assert (ckpt / "model.safetensors").read_bytes() == before
+    assert json.loads((ckpt / "config.json").read_text()) == cfg
     assert model.identity is not None and np.abs(model.identity.delta).max() > 0  # this person's face
     # the mouth PCA moved onto the person's mouth: their mouths have ~zero mean coefficients
     b = clip_arrays(heads[0])
     coefs = model.pca.transform(b.talk[b.valid][:, :40])
     assert np.abs(coefs.mean(axis=0)).max() < 0.5 * np.abs(MappingModel.load(PRIOR_DIR).pca.transform(
         b.talk[b.valid][:, :40]).mean(axis=0)).max() + 1e-3
+
+
+def test_finetune_keeps_the_prior_when_no_epoch_beats_it(heads, tmp_path):
+    import torch
+
+    plan = {**finetune_plan([heads[0].meta.frames]), "lr": 0.0, "max_epochs": 2}  # no epoch can improve
+    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, plan=plan)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["result"]["best_epoch"] == 0 and "refit" not in cfg["result"]
+    prior, model = MappingModel.load(PRIOR_DIR), MappingModel.load(ckpt)
+    for name, weight in prior.net.state_dict().items():
+        torch.testing.assert_close(model.net.state_dict()[name], weight, rtol=0, atol=1e-7)
+    assert model.gain.gain == pytest.approx(prior.gain.gain)
 
 
 def test_three_seconds_of_footage_use_the_prior_without_error(heads, tmp_path):

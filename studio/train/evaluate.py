@@ -457,11 +457,14 @@ def _benchmark(frames: int, repeats: int, preset: str) -> dict[str, float]:
 def training_benchmark(minutes: float = 10.0, preset: str = "cpu", variant: str = "ours",
                        work_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
     """Train ``variant`` to early stopping on ``minutes`` of synthetic footage (two clips, default
-    speech) and time it; then time ``MappingModel.predict`` (conditioning included) on 5 minutes."""
+    speech) and time it; then time ``MappingModel.predict`` (conditioning included) on 5 minutes;
+    then time what ``make-subject`` does for ``ours`` on the same footage: the fine-tune from the
+    shipped prior (held-out choice + refit on all of it, ``studio.train.prior.fine_tune``)."""
     import tempfile
 
     from studio.data.synth import synthesize
     from studio.train.mapping import train_mapping
+    from studio.train.prior import PRIOR_DIR, fine_tune
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         half = minutes * 30.0
@@ -471,9 +474,17 @@ def training_benchmark(minutes: float = 10.0, preset: str = "cpu", variant: str 
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         model = MappingModel.load(ckpt)
         res = model.config["result"]
-        return {"footage_minutes": minutes, "train_wall_s": round(wall, 2), "train_cpu_s": round(cpu, 2),
-                "epochs": res["epochs"], "best_epoch": res["best_epoch"],
-                "predict_5min_ms": round(1000 * inference_seconds(model), 2)}
+        out = {"footage_minutes": minutes, "train_wall_s": round(wall, 2), "train_cpu_s": round(cpu, 2),
+               "epochs": res["epochs"], "best_epoch": res["best_epoch"],
+               "predict_5min_ms": round(1000 * inference_seconds(model), 2)}
+        if variant == "ours" and (PRIOR_DIR / "config.json").exists():
+            t0, c0 = time.perf_counter(), time.process_time()
+            ft = fine_tune(clips, Path(tmp) / "ft", seed=0)
+            res = MappingModel.load(ft).config["result"]
+            out.update(finetune_wall_s=round(time.perf_counter() - t0, 2),
+                       finetune_cpu_s=round(time.process_time() - c0, 2),
+                       finetune_refit_epochs=int(res.get("refit", {}).get("epochs", 0)))
+        return out
 
 
 def add_cli_arguments(parser) -> None:

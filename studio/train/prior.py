@@ -13,9 +13,10 @@ is measured on the footage being dubbed.
 
 Fine-tuning (:func:`fine_tune`, used by ``make-subject``): a subject's ``ours`` mapping starts
 from the prior, keeps its statistics and PCA, and trains on the person's footage with early
-stopping whose epoch 0 is the prior itself, so the result is never worse than the prior on the
-held-out end of the footage. How much it trains depends on how much footage there is
-(:func:`finetune_plan`): windows shrink to fit short clips, and below about 4 s there is no
+stopping whose epoch 0 is the prior itself, so what it chooses is never worse than the prior on
+the held-out end of the footage. That run only chooses (the epoch count and the articulation
+gain): the model is then trained again on all the footage (``refit``). How much it trains depends
+on how much footage there is (:func:`finetune_plan`): windows shrink to fit short clips, and below about 4 s there is no
 held-out part worth the name, so the subject is the prior with the person's offset
 (:func:`adapt_prior`). Either way the recording's timing is measured first on the footage's own
 speech (:func:`estimate_audio_shift`): on Obama with the prior trained without him it moved the
@@ -204,7 +205,7 @@ def scratch_plan(block_frames: Sequence[int]) -> dict | None:
 
 def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[str] = PRIOR_DIR,
               seed: int = 0, span: tuple[float, float] = (0.0, 1.0), plan: dict | None | str = "auto",
-              preset: str = "cpu", timing: bool = True) -> Path:
+              preset: str = "cpu", timing: bool = True, refit: bool = True) -> Path:
     """A subject's ``ours`` mapping from the prior: fine-tuned when the footage allows, else the
     prior with the person's offset. ``clips``: Clip objects or ClipArrays of one person (their
     own speech).
@@ -215,7 +216,15 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
     network learns one timing instead of a blur of several; the median shift is kept as the
     person's timing for new speech. Measured on the issue-10 protocol (subject from obama_clip1,
     clip2 and the weekly address; clip3's speech onto clip1): rendered inner r 0.469 -> 0.532,
-    predicted 0.491 -> 0.530, amplitude 0.70 -> 0.78, against one shift for all clips."""
+    predicted 0.491 -> 0.530, amplitude 0.70 -> 0.78, against one shift for all clips.
+
+    ``refit``: early stopping needs held-out footage, but a person's footage is scarce, so the
+    held-out quarter is only used to choose. A first run (kept in ``out/.select``) trains on the
+    first three quarters and picks the epoch count and the articulation gain on the last; the
+    model is then trained again from the prior on ALL the footage for that many epochs and keeps
+    the first run's gain. If the prior itself wins the first run, the prior is the result. On the
+    issue-10 protocol, 4 seeds: inner r 0.542 -> 0.570 on average (every seed gains), amplitude
+    0.76 -> 0.81, for about twice the fine-tune time."""
     from studio.train.mapping import train_mapping
     from studio.train.windows import ClipArrays, clip_arrays
 
@@ -233,7 +242,45 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
         log.info("no fine-tuning (%d frames of footage): the prior with this person's face shape and timing",
                  sum(b.frames for b in blocks))
         return adapt_prior(prior, blocks, out, audio_shift=shift)
-    return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, audio_shift=shift, **plan)
+    if not refit:
+        return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, audio_shift=shift, **plan)
+    out = Path(out)
+    select = train_mapping(blocks, VARIANT, out / SELECT_DIR, preset, seed, base=prior, audio_shift=shift, **plan)
+    chosen = json.loads((select / "config.json").read_text())["result"]
+    epochs = int(chosen["best_epoch"])
+    if epochs == 0:
+        log.info("the prior beat every fine-tuned epoch on the held-out footage: keeping the prior")
+        files = sorted((f for f in select.iterdir() if f.is_file()), key=lambda f: f.name == "config.json")
+        for f in files:  # the first run's checkpoint (the prior) is the result; config.json last
+            with atomic_path(out / f.name) as tmp:
+                shutil.copyfile(f, tmp)
+        return out
+    log.info("refit: %d epochs (chosen on the held-out quarter) on all the footage", epochs)
+    train_mapping(blocks, VARIANT, out, preset, seed, base=prior, audio_shift=shift,
+                  **{**plan, "val_fraction": 0.0, "max_epochs": epochs, "patience": epochs + 1})
+    _keep_selection(select, out, chosen)
+    return out
+
+
+SELECT_DIR = ".select"  # inside a refitted checkpoint: the held-out run that chose its epochs and gain
+
+
+def _keep_selection(select: Path, out: Path, chosen: dict) -> None:
+    """The refitted checkpoint ``out`` takes the held-out run's articulation gain (its own run had
+    nothing held out to calibrate on) and records what was chosen."""
+    from studio.models.conditioning import CALIBRATION_NAME
+
+    gain = select / CALIBRATION_NAME
+    if gain.exists():
+        with atomic_path(out / CALIBRATION_NAME) as tmp:
+            shutil.copyfile(gain, tmp)
+    else:
+        (out / CALIBRATION_NAME).unlink(missing_ok=True)
+    config = json.loads((out / "config.json").read_text())
+    config["result"].update(articulation_gain=chosen.get("articulation_gain", 1.0),
+                            refit={"epochs": int(chosen["best_epoch"]), "select_val_loss": chosen.get("best_val_loss"),
+                                   "base_val_loss": chosen.get("base_val_loss")})
+    write_json_atomic(out / "config.json", config)
 
 
 def align_timing(blocks: Sequence, shifts: Sequence[int]) -> tuple[list, int]:
