@@ -15,10 +15,10 @@ Fine-tuning (:func:`fine_tune`, used by ``make-subject``): a subject's ``ours`` 
 from the prior, keeps its statistics and PCA, and trains on the person's footage with early
 stopping whose epoch 0 is the prior itself, so what it chooses is never worse than the prior on
 the held-out end of the footage. That run only chooses (the epoch count and the articulation
-gain): the model is then trained again on all the footage (``refit``). How much it trains depends
-on how much footage there is (:func:`finetune_plan`): windows shrink to fit short clips, and below about 4 s there is no
-held-out part worth the name, so the subject is the prior with the person's offset
-(:func:`adapt_prior`). Either way the recording's timing is measured first on the footage's own
+gain): the model is then trained again on all the footage (``refit``). How much it trains
+depends on how much footage there is (:func:`finetune_plan`): windows shrink to fit short clips,
+and below about 4 s there is no held-out part worth the name, so the subject is the prior with
+the person's offset (:func:`adapt_prior`). Either way the recording's timing is measured first on the footage's own
 speech (:func:`estimate_audio_shift`): on Obama with the prior trained without him it moved the
 prior's inner-lip r from 0.38 to 0.47.
 
