@@ -16,7 +16,8 @@ from studio.models import identity
 from studio.models.conditioning import smooth_pose
 from studio.models.checkpoint import MappingModel
 from studio.train.mapping import to_canonical
-from studio.train.prior import PRIOR_DIR, SELECT_DIR, adapt_prior, fine_tune, finetune_plan, speech_problem
+from studio.train.prior import (PRIOR_DIR, REFIT_MIN_SECONDS, SELECT_DIR, adapt_prior, fine_tune, finetune_plan,
+                                should_refit, speech_problem)
 from studio.train.windows import clip_arrays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,7 +106,7 @@ def test_finetune_plan_shrinks_windows_and_gives_up_on_tiny_footage():
 
 
 def test_finetune_chooses_on_held_out_footage_then_trains_on_all_of_it(heads, tmp_path):
-    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0)
+    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0, refit=True)
     cfg = json.loads((ckpt / "config.json").read_text())
     chosen = json.loads((ckpt / SELECT_DIR / "config.json").read_text())
     sel = chosen["result"]
@@ -120,7 +121,7 @@ def test_finetune_chooses_on_held_out_footage_then_trains_on_all_of_it(heads, tm
     assert cfg["result"]["articulation_gain"] == pytest.approx(sel["articulation_gain"])
     # a second call finds both runs done and changes nothing
     before = (ckpt / "model.safetensors").read_bytes()
-    fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0)
+    fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0, refit=True)
     assert (ckpt / "model.safetensors").read_bytes() == before
     assert json.loads((ckpt / "config.json").read_text()) == cfg
     assert model.identity is not None and np.abs(model.identity.delta).max() > 0  # this person's face
@@ -131,11 +132,19 @@ def test_finetune_chooses_on_held_out_footage_then_trains_on_all_of_it(heads, tm
         b.talk[b.valid][:, :40]).mean(axis=0)).max() + 1e-3
 
 
+def test_short_footage_is_not_refitted_by_default(heads, tmp_path):
+    assert not should_refit(12.0) and should_refit(REFIT_MIN_SECONDS)
+    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, seed=0)  # 12 s: auto = one run
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert not (ckpt / SELECT_DIR).exists() and "refit" not in cfg["result"]
+    assert cfg["data"]["val_frames"] > 0 and cfg["result"]["best_val_loss"] <= cfg["result"]["base_val_loss"] + 1e-9
+
+
 def test_finetune_keeps_the_prior_when_no_epoch_beats_it(heads, tmp_path):
     import torch
 
     plan = {**finetune_plan([heads[0].meta.frames]), "lr": 0.0, "max_epochs": 2}  # no epoch can improve
-    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, plan=plan)
+    ckpt = fine_tune([heads[0]], tmp_path / "ft", prior=PRIOR_DIR, plan=plan, refit=True)
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["result"]["best_epoch"] == 0 and "refit" not in cfg["result"]
     prior, model = MappingModel.load(PRIOR_DIR), MappingModel.load(ckpt)

@@ -15,7 +15,8 @@ Fine-tuning (:func:`fine_tune`, used by ``make-subject``): a subject's ``ours`` 
 from the prior, keeps its statistics and PCA, and trains on the person's footage with early
 stopping whose epoch 0 is the prior itself, so what it chooses is never worse than the prior on
 the held-out end of the footage. That run only chooses (the epoch count and the articulation
-gain): the model is then trained again on all the footage (``refit``). How much it trains
+gain): with a minute or more of footage the model is then trained again on all of it
+(``refit``). How much it trains
 depends on how much footage there is (:func:`finetune_plan`): windows shrink to fit short clips,
 and below about 4 s there is no held-out part worth the name, so the subject is the prior with
 the person's offset (:func:`adapt_prior`). Either way the recording's timing is measured first on the footage's own
@@ -205,7 +206,7 @@ def scratch_plan(block_frames: Sequence[int]) -> dict | None:
 
 def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[str] = PRIOR_DIR,
               seed: int = 0, span: tuple[float, float] = (0.0, 1.0), plan: dict | None | str = "auto",
-              preset: str = "cpu", timing: bool = True, refit: bool = True) -> Path:
+              preset: str = "cpu", timing: bool = True, refit: bool | None = None) -> Path:
     """A subject's ``ours`` mapping from the prior: fine-tuned when the footage allows, else the
     prior with the person's offset. ``clips``: Clip objects or ClipArrays of one person (their
     own speech).
@@ -218,13 +219,17 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
     clip2 and the weekly address; clip3's speech onto clip1): rendered inner r 0.469 -> 0.532,
     predicted 0.491 -> 0.530, amplitude 0.70 -> 0.78, against one shift for all clips.
 
-    ``refit``: early stopping needs held-out footage, but a person's footage is scarce, so the
-    held-out quarter is only used to choose. A first run (kept in ``out/.select``) trains on the
+    ``refit``: early stopping needs held-out footage, and with enough footage the held-out quarter
+    is better used to choose than left out. A first run (kept in ``out/.select``) trains on the
     first three quarters and picks the epoch count and the articulation gain on the last; the
     model is then trained again from the prior on ALL the footage for that many epochs and keeps
-    the first run's gain. If the prior itself wins the first run, the prior is the result. On the
-    issue-10 protocol, 4 seeds: inner r 0.542 -> 0.570 on average (every seed gains), amplitude
-    0.76 -> 0.81, for about twice the fine-tune time."""
+    the first run's gain. If the prior itself wins the first run, the prior is the result. None
+    (auto): refit when the footage is at least ``REFIT_MIN_SECONDS`` long (:func:`should_refit`).
+    Measured (docs/results/dubbing_protocol.md, prior.md): 84 s of Obama (issue-10 protocol),
+    4 seeds: inner r 0.542 -> 0.570, every seed gains; one 14-24 s clip of a person the prior
+    never saw (leave-one-speaker-out, 4 clips x 3 seeds): 0.485 -> 0.464, where a quarter of a
+    short clip chooses the epoch count too noisily. The threshold lies between the two measured
+    regimes; it was not tuned further."""
     from studio.train.mapping import train_mapping
     from studio.train.windows import ClipArrays, clip_arrays
 
@@ -242,6 +247,8 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
         log.info("no fine-tuning (%d frames of footage): the prior with this person's face shape and timing",
                  sum(b.frames for b in blocks))
         return adapt_prior(prior, blocks, out, audio_shift=shift)
+    if refit is None:
+        refit = should_refit(sum(b.frames / b.fps for b in blocks))
     if not refit:
         return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, audio_shift=shift, **plan)
     out = Path(out)
@@ -263,6 +270,12 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
 
 
 SELECT_DIR = ".select"  # inside a refitted checkpoint: the held-out run that chose its epochs and gain
+REFIT_MIN_SECONDS = 60.0  # footage from which the fine-tune refits on all of it (15 s held out to choose)
+
+
+def should_refit(footage_seconds: float) -> bool:
+    """Whether :func:`fine_tune` (auto) refits on all of this much footage after choosing."""
+    return footage_seconds >= REFIT_MIN_SECONDS
 
 
 def _keep_selection(select: Path, out: Path, chosen: dict) -> None:
