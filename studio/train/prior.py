@@ -48,7 +48,7 @@ import numpy as np
 
 from studio.config import PRESETS_DIR
 from studio.errors import InputError
-from studio.fsutil import atomic_path, write_json_atomic
+from studio.fsutil import atomic_path, read_json, write_json_atomic
 from studio.train import distributed
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,8 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
         return train_mapping(blocks, VARIANT, out, preset, seed, base=prior, audio_shift=shift, **plan)
     out = Path(out)
     select = train_mapping(blocks, VARIANT, out / SELECT_DIR, preset, seed, base=prior, audio_shift=shift, **plan)
-    chosen = json.loads((select / "config.json").read_text())["result"]
+    chosen = read_json(select / "config.json", f"{select} has no config.json.",
+                       "Run the fine-tune again.")["result"]
     epochs = int(chosen["best_epoch"])
     if epochs == 0:
         log.info("the prior beat every fine-tuned epoch on the held-out footage: keeping the prior")

@@ -1,12 +1,12 @@
 """The studio's event handlers: plain module-level functions, testable without a browser.
 
 Each handler takes the session's :class:`~studio.ui.session.DubState` (or nothing) plus a few
-component values and returns new values; none keeps anything in module globals except the shared
-pipeline and the small caches below (keyed by file content, so sessions cannot see each other's
-data through them). Every :class:`~studio.errors.StudioError` becomes a ``gr.Error`` with its
-message and hint (:func:`user_errors`); anything unexpected is logged with its traceback on the
-server and shown as a short message, so the page never shows a traceback and the server keeps
-serving.
+component values and returns new values; none keeps anything in module globals. What sessions
+share (the pipeline, the viewer's small caches keyed by file content, so sessions cannot see each
+other's data through them) is the server's :class:`~studio.ui.session.ServerState`. Every
+:class:`~studio.errors.StudioError` becomes a ``gr.Error`` with its message and hint
+(:func:`user_errors`); anything unexpected is logged with its traceback on the server and shown as
+a short message, so the page never shows a traceback and the server keeps serving.
 
 Speed: an edit slider re-runs only :meth:`Pipeline.landmarks` on the cached prediction (no
 network, no render) and redraws one overlay from a cached face crop.
@@ -97,10 +97,6 @@ def user_errors(fn: Callable) -> Callable:
 def _need_prediction(state: DubState) -> None:
     if state is None or state.prediction is None or state.lms is None:
         raise InputError("Nothing predicted yet.", "Pick a subject and speech, then press Predict.")
-
-
-# -- small caches -----------------------------------------------------------------------------------
-
 
 
 # -- subjects ---------------------------------------------------------------------------------------

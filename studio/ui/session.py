@@ -25,7 +25,6 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Any
 
 from studio.edits import Edits
@@ -107,6 +106,14 @@ def safe_name(text: str) -> str:
 
 # -- what the server holds for all sessions ----------------------------------------------------------
 
+def _track_cache() -> LRU:
+    return LRU(8)  # template sha -> CropTrack over the template's own frames
+
+
+def _face_cache() -> LRU:
+    return LRU(256, max_bytes=32 << 20)  # (template sha, frame) -> zoomed face for the viewer
+
+
 @dataclass(eq=False)
 class ServerState:
     """Everything the studio's server keeps across sessions, in one place (what belongs to one
@@ -115,8 +122,8 @@ class ServerState:
     each session's training job (:mod:`studio.ui.jobs`). One per process: :func:`server`."""
 
     pipeline: Any = None
-    tracks: LRU = field(default_factory=lambda: LRU(8))  # template sha -> CropTrack of its own frames
-    faces: LRU = field(default_factory=lambda: LRU(256, max_bytes=32 << 20))  # (sha, frame) -> zoomed face
+    tracks: LRU = field(default_factory=_track_cache)
+    faces: LRU = field(default_factory=_face_cache)
     cancel_tokens: dict[str, threading.Event] = field(default_factory=dict)
     jobs: dict[str, Any] = field(default_factory=dict)  # session id -> studio.ui.jobs.Job
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -150,7 +157,7 @@ def set_pipeline(pipeline) -> None:
     state = server()
     with state.lock:
         state.pipeline = pipeline
-        state.tracks, state.faces = LRU(8), LRU(256, max_bytes=32 << 20)
+        state.tracks, state.faces = _track_cache(), _face_cache()
 
 
 # -- per-session state ------------------------------------------------------------------------------
