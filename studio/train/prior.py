@@ -150,7 +150,7 @@ def synthetic_clips(shared: Path, work: Path, n: int, seconds: float = SYNTH_SEC
 
 
 def train_prior(out: str | os.PathLike[str], *, shared: str | os.PathLike[str], work: str | os.PathLike[str],
-                exclude: Sequence[str] = (), synthetic: int = SYNTHETIC_HEADS, seed: int = 0, preset: str = "cpu",
+                exclude: Sequence[str] = (), synthetic: int = SYNTHETIC_HEADS, seed: int = 0, preset: str | dict = "cpu",
                 with_test: bool = False, **train_overrides) -> Path:
     """Train the prior on the real speakers (minus ``exclude``; the test clip obama_clip3 only
     ``with_test``) and ``synthetic`` heads."""
