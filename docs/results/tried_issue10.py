@@ -14,6 +14,12 @@ EXPERIMENT:
   smooth         the same with training targets smoothed over time (Gaussian, sigma 1 frame)
   scratch-C      from scratch (no prior), per-recording timing, C channels (64 = the preset)
   prior-C        a C-channel prior trained as ``train-prior`` does, then fine-tuned as default
+  weekly-test    the other way round: a prior trained without the weekly address, footage clip1 +
+                 clip2 + clip3, speech = the weekly address onto clip1 (is the +2 lag on clip 3 a
+                 property of the model or of the test recording?)
+
+Every run also reports the scores with the model's timing moved by -1..+2 frames
+(``by_shift``: what a fixed timing correction would do on this test recording).
 """
 import dataclasses
 import json
@@ -30,6 +36,7 @@ from studio.audio import FEATURES_PER_VIDEO_FRAME as APF  # noqa: E402
 from studio.config import load_preset  # noqa: E402
 from studio.data.clip import Clip  # noqa: E402
 from studio.models.checkpoint import MappingModel  # noqa: E402
+from studio.models.identity import shift_audio  # noqa: E402
 from studio.train.evaluate import dubbing_scores, track  # noqa: E402
 from studio.train.mapping import train_mapping  # noqa: E402
 from studio.train.prior import PRIOR_DIR, align_timing, estimate_audio_shift, fine_tune, train_prior  # noqa: E402
@@ -72,6 +79,16 @@ def wide_preset(channels: int) -> dict:
     return preset
 
 
+def prior_without_weekly(out: Path) -> Path:
+    """The prior's recipe on every in-sync real clip except the weekly address (clip 3 included)."""
+    from studio.train.prior import PRIOR_TRAIN, real_clips
+
+    pairs = [(p, c) for p, c in real_clips(SHARED, out / "data", with_test=True)
+             if Path(str(c.directory)).name != "obama_weekly_address"]
+    return train_mapping([c for _, c in pairs], "ours", out / "prior", "cpu", 0, persons=[p for p, _ in pairs],
+                         **PRIOR_TRAIN)
+
+
 def run(clips: Path, out: Path, experiment: str, seed: int) -> Path:
     if experiment == "default":
         return fine_tune([Clip.load(clips / c) for c in FOOTAGE], out, seed=seed)
@@ -85,6 +102,9 @@ def run(clips: Path, out: Path, experiment: str, seed: int) -> Path:
         blocks = [dataclasses.replace(b, talk=gaussian_filter1d(b.talk, 1.0, axis=0, mode="nearest"))
                   for b in aligned_footage(clips)]
         return fine_tune(blocks, out, seed=seed, refit=True, timing=False)
+    if experiment == "weekly-test":
+        footage = [Clip.load(clips / c) for c in ("obama_clip1", "obama_clip2", "obama_clip3")]
+        return fine_tune(footage, out / "subject", prior=prior_without_weekly(out), seed=seed, refit=True)
     kind, _, channels = experiment.partition("-")
     if kind == "scratch":
         return train_mapping(aligned_footage(clips), "ours", out, wide_preset(int(channels)), seed)
@@ -97,8 +117,17 @@ def run(clips: Path, out: Path, experiment: str, seed: int) -> Path:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     clips, out, experiment, seed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    model = run(clips, out, experiment, seed)
-    scores = dubbing_scores(MappingModel.load(model), track(Clip.load(clips / "obama_clip3")),
-                            track(Clip.load(clips / "obama_clip1")))["dub"]
-    print(json.dumps({"experiment": experiment, "seed": seed, "model": str(model),
-                      **{k: round(float(v), 4) for k, v in scores.items() if k.startswith(("inner", "outer", "mouth"))}}))
+    model = MappingModel.load(run(clips, out, experiment, seed))
+    speech = track(Clip.load(clips / ("obama_weekly_address" if experiment == "weekly-test" else "obama_clip3")))
+    template = track(Clip.load(clips / "obama_clip1"))
+    keys = ("inner_r", "inner_lag", "inner_r_best", "inner_amplitude", "outer_r", "mouth_lmd")
+    result = {"experiment": experiment, "seed": seed, "model": str(model.directory), "by_shift": {}}
+    for extra in (0, -1, 1, 2):  # the speech heard `extra` frames earlier (studio.models.identity.shift_audio)
+        heard = dataclasses.replace(speech, audio=shift_audio(speech.audio, extra))
+        scores = dubbing_scores(model, heard, template)["dub"]
+        row = {k: round(float(scores[k]), 4) for k in keys}
+        if extra == 0:
+            result.update(row)
+        else:
+            result["by_shift"][f"{extra:+d}"] = {k: row[k] for k in ("inner_r", "inner_lag")}
+    print(json.dumps(result))
