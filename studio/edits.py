@@ -109,6 +109,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "jaw_open_offset": (-0.5, 0.5),
     "jawline_smoothing": (0.0, 4.0),
     "temporal_smoothing": (0.0, 12.0),
+    "lip_timing": (-10.0, 10.0),
     "silence_threshold": (6.0, 60.0),
 }
 
@@ -124,6 +125,12 @@ class Edits:
     jaw_open_offset: added chin drop in normalized units (face scales), range [-0.5, 0.5].
     jawline_smoothing: Gaussian sigma along the jaw contour in points, range [0, 4].
     temporal_smoothing: Gaussian sigma over time in frames, range [0, 12].
+    lip_timing: frames the mouth and jaw move EARLIER against the speech (negative: later), range
+        [-10, 10]; fractions interpolate between frames. Recordings differ by a few frames in
+        how their sound sits against their picture (docs/results/dubbing_protocol.md: one model
+        of Obama was 2 frames late against the real video of one of his recordings and 3-4
+        frames early against another's), so an editor matching a dub to its reference, or to
+        taste, nudges it here.
     close_on_silence: blend to the subject's closed mouth where the speech is silent.
     silence_threshold: dB below the speech level (95th percentile frame energy) under which a
         frame is silent, range [6, 60].
@@ -137,6 +144,7 @@ class Edits:
     jaw_open_offset: float = 0.0
     jawline_smoothing: float = 0.0
     temporal_smoothing: float = 0.0
+    lip_timing: float = 0.0
     close_on_silence: bool = False
     silence_threshold: float = 30.0
     frame_range: tuple[int, int] | None = None
@@ -152,7 +160,7 @@ class Edits:
                 _check_range(name, v)
             object.__setattr__(self, name, values)
         for name in ("mouth_open_gain", "jaw_open_gain", "jaw_open_offset", "jawline_smoothing",
-                     "temporal_smoothing", "silence_threshold"):
+                     "temporal_smoothing", "lip_timing", "silence_threshold"):
             v = _number(name, getattr(self, name))
             _check_range(name, v)
             object.__setattr__(self, name, v)
@@ -167,7 +175,7 @@ class Edits:
     @property
     def is_identity(self) -> bool:
         """True when applying these edits changes nothing."""
-        return not (self.edits_pca or self.edits_mouth_opening or self.edits_jaw
+        return not (self.edits_pca or self.edits_mouth_opening or self.edits_jaw or self.lip_timing != 0.0
                     or self.close_on_silence or self.temporal_smoothing > 0 or self.jawline_smoothing > 0)
 
     @property
@@ -426,6 +434,8 @@ def apply_edits(talk: np.ndarray, edits: Edits, pca: PCAModel | None = None, *,
     n = talk.shape[0]
     x = talk.astype(np.float64)
 
+    if edits.lip_timing != 0.0:
+        x = shift_in_time(x, edits.lip_timing)
     if edits.edits_pca:
         if pca is None:
             raise ValueError("PCA edits need the subject's MouthPCA (pca=...)")
@@ -456,6 +466,18 @@ def apply_edits(talk: np.ndarray, edits: Edits, pca: PCAModel | None = None, *,
     blend = talk[inside].astype(np.float64) + w[inside, None] * (x[inside] - talk[inside])
     result[inside] = np.where(w[inside, None] >= 1.0, out[inside], blend.astype(talk.dtype))
     return result
+
+
+def shift_in_time(x: np.ndarray, lead: float) -> np.ndarray:
+    """(T, D) -> (T, D): frame t takes the value at time t + ``lead`` frames (linear interpolation
+    between frames, the first and last frames held beyond the ends). lead > 0: earlier."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    src = np.clip(np.arange(n) + float(lead), 0.0, n - 1.0)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (src - lo)[:, None]
+    return x[lo] * (1.0 - w) + x[hi] * w
 
 
 def range_weights(n_frames: int, frame_range: tuple[int, int] | None, ramp: int = RANGE_RAMP_FRAMES) -> np.ndarray:

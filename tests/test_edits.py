@@ -160,6 +160,24 @@ def test_temporal_smoothing_reduces_frame_to_frame_jitter(talk):
     assert np.abs(out.mean(axis=0) - talk.mean(axis=0)).max() < 0.01  # no drift
 
 
+def test_lip_timing_moves_the_mouth_earlier_or_later(talk):
+    gap = talk_mouth_gap(talk)
+    earlier = talk_mouth_gap(apply_edits(talk, Edits(lip_timing=3.0), None))
+    later = talk_mouth_gap(apply_edits(talk, Edits(lip_timing=-2.0), None))
+    np.testing.assert_allclose(earlier[:-3], gap[3:], atol=1e-6)  # frame t shows frame t + 3
+    np.testing.assert_allclose(later[2:], gap[:-2], atol=1e-6)
+    assert earlier[-1] == pytest.approx(gap[-1]) and later[0] == pytest.approx(gap[0])  # ends held
+    half = apply_edits(talk, Edits(lip_timing=0.5), None)  # between frames: halfway
+    np.testing.assert_allclose(half[:-1], 0.5 * (talk[:-1] + talk[1:]), atol=1e-6)
+    assert not Edits(lip_timing=0.5).is_identity and Edits(lip_timing=0.0).is_identity
+
+
+def test_lip_timing_is_range_checked():
+    with pytest.raises(InputError, match="lip_timing"):
+        Edits(lip_timing=RANGES["lip_timing"][1] + 1)
+    assert Edits.from_json(Edits(lip_timing=-1.5).to_json()).lip_timing == -1.5
+
+
 def test_jawline_smoothing_removes_wiggles_but_keeps_the_curve(talk):
     wiggly = talk.copy()
     wiggly[:, JAW][:, 0::2] += 0.03 * np.array([1, -1, 1, -1, 1, -1, 1, -1, 1])  # x of the 9 points

@@ -19,6 +19,13 @@ from ui_support import free_port, sample_or_tiny, speech_wav, studio_env, video_
 gradio_client = pytest.importorskip("gradio_client")
 
 
+def _edit_values(**changes) -> list:
+    """The /edit endpoint's values (after the frame) in the order the Edits panel wires them."""
+    from studio.ui.handlers import EditControls
+
+    return EditControls(range_end=1, **changes).values()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
@@ -76,8 +83,7 @@ def test_predict_edit_render(served):
     assert "frames" in summary
     before = np.asarray(_read_image(image))
 
-    values = [0.0] * 13 + [1.0, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
-    values[0] = 3.0
+    values = _edit_values(pca_offsets=(3.0,) + (0.0,) * 12)
     values[13] = 2.0  # mouth opening gain
     image2 = client.predict(5, *values, api_name="/edit")
     after = np.asarray(_read_image(image2))
@@ -107,7 +113,7 @@ def test_sessions_do_not_share_state(served):
     subject_path = str(subject.resolve())
     clip = json.loads((subject / "subject.json").read_text())["clips"][0]
     a.predict(subject_path, handle_file(str(speech)), clip, None, "ours", api_name="/predict")
-    values = [0.0] * 13 + [1.5, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
+    values = _edit_values(mouth_open_gain=1.5)
     a.predict(0, *values, api_name="/edit")
     # b never predicted and has its own edits; a's are untouched by b's
     with pytest.raises(Exception, match="Nothing predicted yet"):

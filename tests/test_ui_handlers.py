@@ -193,7 +193,7 @@ def test_edit_controls_round_trip(h):
     from studio.edits import Edits
 
     e = Edits(pca_offsets=(0.5,) + (0.0,) * 12, pca_gains=(1.5,) + (1.0,) * 12, mouth_open_gain=1.3,
-              jaw_open_offset=0.1, close_on_silence=True, frame_range=(3, 20))
+              jaw_open_offset=0.1, lip_timing=-1.25, close_on_silence=True, frame_range=(3, 20))
     c = h.EditControls.from_edits(e, 50)
     assert h.EditControls.from_values(c.values()) == c
     assert c.to_edits(e) == e  # gains have no control: kept from the base

@@ -150,6 +150,8 @@ def build():
                                                label="Jaw line smoothing (points)")
                         time_smooth = gr.Slider(*RANGES["temporal_smoothing"], value=0.0, step=0.25,
                                                 label="Temporal smoothing (frames)")
+                        lip_timing = gr.Slider(*RANGES["lip_timing"], value=0.0, step=0.25,
+                                               label="Lip timing (frames; + = earlier)", elem_id="lip_timing")
                     with gr.Row():
                         close_silence = gr.Checkbox(False, label="Close the mouth in silence")
                         silence_db = gr.Slider(*RANGES["silence_threshold"], value=30.0, step=1,
@@ -157,8 +159,8 @@ def build():
                         range_on = gr.Checkbox(False, label="Only frames")
                         range_start = gr.Slider(0, 1, value=0, step=1, label="from")
                         range_end = gr.Slider(0, 1, value=1, step=1, label="to (exclusive)")
-                controls = [*pca, mouth_gain, jaw_gain, jaw_offset, jaw_smooth, time_smooth, close_silence,
-                            silence_db, range_on, range_start, range_end]
+                controls = [*pca, mouth_gain, jaw_gain, jaw_offset, jaw_smooth, time_smooth, lip_timing,
+                            close_silence, silence_db, range_on, range_start, range_end]
                 with gr.Accordion("Facial map (what the renderer sees)", open=False):
                     with gr.Row():
                         canny_low = gr.Slider(0, 255, value=50, step=1, label="Canny low threshold")

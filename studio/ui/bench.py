@@ -167,6 +167,7 @@ def benchmark(subject: str | None = None, speech: str | None = None, edits: int 
     from gradio_client import Client, handle_file
 
     from studio.ui import app
+    from studio.ui.handlers import EditControls
     from studio.ui.session import discover_subjects, sample_speeches
     from studio.ui.webdriver import WebDriver, find_browser
 
@@ -200,7 +201,7 @@ def benchmark(subject: str | None = None, speech: str | None = None, edits: int 
         result["summary"] = summary
         times = []
         for k in range(edits):
-            values = [0.0] * 13 + [1.0 + 0.1 * (k + 1), 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
+            values = EditControls(mouth_open_gain=1.0 + 0.1 * (k + 1), range_end=1).values()
             t = time.perf_counter()
             client.predict(0, *values, api_name="/edit")
             times.append(time.perf_counter() - t)

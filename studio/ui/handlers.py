@@ -382,7 +382,8 @@ def toggle_play(playing: bool):
 
 # -- edits ------------------------------------------------------------------------------------------
 
-SCALAR_EDITS = ("mouth_open_gain", "jaw_open_gain", "jaw_open_offset", "jawline_smoothing", "temporal_smoothing")
+SCALAR_EDITS = ("mouth_open_gain", "jaw_open_gain", "jaw_open_offset", "jawline_smoothing", "temporal_smoothing",
+                "lip_timing")
 
 
 @dataclass(frozen=True)
@@ -395,13 +396,14 @@ class EditControls:
     jaw_open_offset: float = 0.0
     jawline_smoothing: float = 0.0
     temporal_smoothing: float = 0.0
+    lip_timing: float = 0.0
     close_on_silence: bool = False
     silence_threshold: float = 30.0
     range_on: bool = False
     range_start: int = 0
     range_end: int = 0
 
-    COUNT = PCA_DIM + 10
+    COUNT = PCA_DIM + len(SCALAR_EDITS) + 5
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> "EditControls":
@@ -410,8 +412,10 @@ class EditControls:
             raise ValueError(f"expected {cls.COUNT} edit values, got {len(v)}")
         offsets = tuple(float(x or 0.0) for x in v[:PCA_DIM])
         rest = v[PCA_DIM:]
-        return cls(offsets, *[float(x) for x in rest[:5]], bool(rest[5]), float(rest[6]), bool(rest[7]),
-                   int(rest[8] or 0), int(rest[9] or 0))
+        k = len(SCALAR_EDITS)
+        close, threshold, range_on, start, end = rest[k:]
+        return cls(offsets, *[float(x) for x in rest[:k]], bool(close), float(threshold), bool(range_on),
+                   int(start or 0), int(end or 0))
 
     @classmethod
     def from_edits(cls, edits: Edits, frames: int = 0) -> "EditControls":

@@ -200,7 +200,8 @@ valid_edits = st.builds(
     pca_gains=st.tuples(*[_in_range("pca_gains")] * PCA_DIM),
     mouth_open_gain=_in_range("mouth_open_gain"), jaw_open_gain=_in_range("jaw_open_gain"),
     jaw_open_offset=_in_range("jaw_open_offset"), jawline_smoothing=_in_range("jawline_smoothing"),
-    temporal_smoothing=_in_range("temporal_smoothing"), close_on_silence=st.booleans(),
+    temporal_smoothing=_in_range("temporal_smoothing"), lip_timing=_in_range("lip_timing"),
+    close_on_silence=st.booleans(),
     silence_threshold=_in_range("silence_threshold"),
     frame_range=st.one_of(st.none(), st.tuples(st.integers(0, 80), st.integers(1, 120)).filter(lambda r: r[0] < r[1])))
 

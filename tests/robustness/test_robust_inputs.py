@@ -373,9 +373,17 @@ def test_matrix_is_big_enough():
 # -- control values only the web page sends (sliders, numbers, buttons) --------------------------
 
 def _controls(**changes) -> list:
-    values = [0.0] * 13 + [1.0, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
-    names = {"mouth": 13, "jaw": 14, "offset": 15, "jawline": 16, "smooth": 17, "close": 18, "db": 19,
-             "range_on": 20, "start": 21, "end": 22}
+    """The /edit values (studio.ui.handlers.EditControls order) with short-named changes; a digit
+    key is a raw index."""
+    from studio.face.layout import PCA_DIM
+    from studio.ui.handlers import SCALAR_EDITS, EditControls
+
+    values = EditControls(range_end=1).values()
+    scalars = {"mouth": "mouth_open_gain", "jaw": "jaw_open_gain", "offset": "jaw_open_offset",
+               "jawline": "jawline_smoothing", "smooth": "temporal_smoothing", "timing": "lip_timing"}
+    names = {short: PCA_DIM + SCALAR_EDITS.index(name) for short, name in scalars.items()}
+    rest = PCA_DIM + len(SCALAR_EDITS)
+    names.update(close=rest, db=rest + 1, range_on=rest + 2, start=rest + 3, end=rest + 4)
     for k, v in changes.items():
         values[names[k] if k in names else int(k)] = v
     return values
@@ -384,6 +392,7 @@ def _controls(**changes) -> list:
 UI_CASES = [
     ("edit-gain-out-of-range", lambda h, s: h.edit(s, 0, *_controls(mouth=99.0)), "out of range"),
     ("edit-nan", lambda h, s: h.edit(s, 0, *_controls(jaw=float("nan"))), "finite"),
+    ("edit-timing-out-of-range", lambda h, s: h.edit(s, 0, *_controls(timing=-40.0)), "out of range"),
     ("edit-pca-inf", lambda h, s: h.edit(s, 0, *_controls(**{"0": float("inf")})), "finite"),
     ("edit-empty-range", lambda h, s: h.edit(s, 0, *_controls(range_on=True, start=30, end=10)), "empty"),
     ("edit-range-past-end", lambda h, s: h.edit(s, 0, *_controls(range_on=True, start=4000, end=5000)), None),

@@ -44,7 +44,6 @@ OPS_PER_PHASE = int(os.environ.get("STUDIO_SOAK_OPS", "8"))
 SESSIONS = int(os.environ.get("STUDIO_SOAK_SESSIONS", "8"))
 PHASES = max(2, int(os.environ.get("STUDIO_SOAK_PHASES", "2")))
 OPS = ["edit", "frame", "save", "csv", "range", "preview", "facemap", "predict"]
-N_CONTROLS = 13 + 10  # PCA offsets + the other edit controls (studio.ui.handlers.EditControls)
 
 
 def _memory_mb(pid: int) -> float:
@@ -162,9 +161,10 @@ class Session:
         client = self.client
         if op == "edit":
             self.gain = round(1.0 + 0.05 * self.k + self.rng.choice([0.0, 0.5, 1.0]), 2)
-            values = [0.0] * N_CONTROLS
+            from studio.ui.handlers import EditControls
+
+            values = EditControls(mouth_open_gain=self.gain, range_end=1).values()
             values[0] = self.rng.choice([-1.0, 0.0, 1.0])
-            values[13:] = [self.gain, 1.0, 0.0, 0.0, 0.0, False, 30.0, False, 0, 1]
             self.call("edit", client, self.rng.randrange(self.frames), *values, api_name="/edit")
         elif op == "frame":
             self.call("show_frame", client, self.rng.randrange(self.frames), api_name="/show_frame")
