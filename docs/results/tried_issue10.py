@@ -68,7 +68,8 @@ def aligned_footage(clips: Path, prior: Path = PRIOR_DIR) -> list[ClipArrays]:
     """The footage's blocks with each recording's audio aligned to the person's timing, as
     fine_tune does (the person's median shift is 0 on these three)."""
     blocks = [clip_arrays(Clip.load(clips / c), (0.0, 1.0)) for c in FOOTAGE]
-    blocks, shift = align_timing(blocks, [estimate_audio_shift(prior, [b]) for b in blocks])
+    loaded = MappingModel.load(prior)
+    blocks, shift = align_timing(blocks, [estimate_audio_shift(loaded, [b]) for b in blocks])
     assert shift == 0, f"the person's timing is {shift}, the experiments assume 0"
     return blocks
 

@@ -14,14 +14,13 @@ is measured on the footage being dubbed.
 Fine-tuning (:func:`fine_tune`, used by ``make-subject``): a subject's ``ours`` mapping starts
 from the prior, keeps its statistics and PCA, and trains on the person's footage with early
 stopping whose epoch 0 is the prior itself, so what it chooses is never worse than the prior on
-the held-out end of the footage. That run only chooses (the epoch count and the articulation
-gain): with a minute or more of footage the model is then trained again on all of it
-(``refit``). How much it trains
-depends on how much footage there is (:func:`finetune_plan`): windows shrink to fit short clips,
-and below about 4 s there is no held-out part worth the name, so the subject is the prior with
-the person's offset (:func:`adapt_prior`). Either way the recording's timing is measured first on the footage's own
-speech (:func:`estimate_audio_shift`): on Obama with the prior trained without him it moved the
-prior's inner-lip r from 0.38 to 0.47.
+the held-out end of the footage. With a minute or more of footage that run only chooses (the
+epoch count and the articulation gain) and the model is then trained again on all of it
+(``refit``). How much it trains depends on how much footage there is (:func:`finetune_plan`):
+windows shrink to fit short clips, and below about 4 s there is no held-out part worth the
+name, so the subject is the prior with the person's offset (:func:`adapt_prior`). Either way the
+recording's timing is measured first on the footage's own speech (:func:`estimate_audio_shift`):
+on Obama with the prior trained without him it moved the prior's inner-lip r from 0.38 to 0.47.
 
 Speakers (``SPEAKERS``): Obama (4 clips, ~100 s), Katie Hill, Alexandria Ocasio-Cortez and a
 young man outdoors (7-8 s each, their own audio tracks). Left out (``EXCLUDED``): andrew_clip_1/2
@@ -240,7 +239,10 @@ def fine_tune(clips, out: str | os.PathLike[str], *, prior: str | os.PathLike[st
         plan = finetune_plan([b.frames for b in blocks])
     shift = 0
     if timing:
-        shifts = [estimate_audio_shift(prior, [b]) for b in blocks]
+        from studio.models.checkpoint import MappingModel
+
+        loaded = MappingModel.load(prior)
+        shifts = [estimate_audio_shift(loaded, [b]) for b in blocks]
         blocks, shift = align_timing(blocks, shifts)
         log.info("timing: per-clip audio shifts %s, the person's %+d", shifts, shift)
     if plan is None:
@@ -290,7 +292,7 @@ def _keep_selection(select: Path, out: Path, chosen: dict) -> None:
             shutil.copyfile(gain, tmp)
     else:
         (out / CALIBRATION_NAME).unlink(missing_ok=True)
-    config = json.loads((out / "config.json").read_text())
+    config = read_json(out / "config.json", f"{out} has no config.json.", "Run the fine-tune again.")
     config["result"].update(articulation_gain=chosen.get("articulation_gain", 1.0),
                             refit={"epochs": int(chosen["best_epoch"]), "select_val_loss": chosen.get("best_val_loss"),
                                    "base_val_loss": chosen.get("base_val_loss")})
@@ -316,17 +318,18 @@ MAX_SHIFT = 8  # video frames searched each way by estimate_audio_shift
 MIN_SHIFT_GAIN = 0.03  # r a shift must gain over none to be used
 
 
-def estimate_audio_shift(prior: str | os.PathLike[str], blocks, max_shift: int = MAX_SHIFT) -> int:
+def estimate_audio_shift(prior, blocks, max_shift: int = MAX_SHIFT) -> int:
     """The recording's timing for the prior: the shift (video frames, ``identity.shift_audio``)
     of the footage's own speech that best aligns the prior's predicted inner-lip opening with the
     footage's real one (frame-weighted r over the blocks; 0 unless it gains ``MIN_SHIFT_GAIN``).
-    Uses the footage only -- never the speech being dubbed."""
+    Uses the footage only -- never the speech being dubbed. ``prior``: a checkpoint folder or an
+    already loaded MappingModel (one load for many recordings)."""
     from studio.models.identity import shift_audio
     from studio.models import checkpoint as ck
     from studio.train.mapping import opening_features
     from studio.metrics import pearson
 
-    model = ck.MappingModel.load(prior)
+    model = prior if isinstance(prior, ck.MappingModel) else ck.MappingModel.load(prior)
     usable = [b for b in blocks if int(b.valid.sum()) >= 25 and float(np.abs(b.audio).sum()) > 0]
     if not usable:
         return 0
