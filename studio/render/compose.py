@@ -37,6 +37,9 @@ class ComposeConfig:
     face_dilation: float = 6.0  # face_mask: hull dilation, px at 256
     face_feather: float = 5.0  # face_mask: Gaussian sigma of the edge, px at 256
     border_feather: float = 0.06  # mask=None: fade-out band at the crop border, fraction of S
+    clip_to_face: bool = True  # render_sequence: a renderer's mask is cut to visible_face_mask
+    face_inset: float = 1.0  # visible_face_mask: px at 256 inside the contour where it is still 0
+    face_ramp: float = 3.0  # ... then rising to 1 over this many px at 256
 
 
 def feathered_mask(polys: Sequence[np.ndarray], box: tuple[int, int, int, int], dilation: float,
@@ -61,6 +64,42 @@ def feathered_mask(polys: Sequence[np.ndarray], box: tuple[int, int, int, int], 
     if f > 1:
         m = cv2.resize(m, (ws * f, hs * f), interpolation=cv2.INTER_LINEAR)[:h, :w]
     return m.astype(np.float32) * (1 / 255)
+
+
+FACE_OUTLINE = tuple(range(0, 17)) + tuple(range(26, 16, -1))  # jaw contour, then the brows back
+
+
+def face_outline(points: np.ndarray) -> np.ndarray:
+    """(68, 2) -> (27, 2): the face's outline polygon: the jaw contour 0-16, closed over the
+    brows (26-17). Not convex on turned heads; its inside is the visible face below the brows."""
+    return np.asarray(points, np.float64)[list(FACE_OUTLINE)]
+
+
+def outline_mask(faces: Sequence[np.ndarray], shape: tuple[int, int], inset: float, ramp: float) -> np.ndarray:
+    """(h, w) float32 in [0, 1]: inside the union of the faces' outlines (each (68, 2) px, see
+    :func:`face_outline`), 0 outside and for ``inset`` px inside the edge, rising to 1 over
+    ``ramp`` px."""
+    inside = np.zeros(shape, np.uint8)
+    for pts in faces:
+        q = np.round(face_outline(pts) * 16).astype(np.int32)
+        cv2.fillPoly(inside, [q], 255, cv2.LINE_8, 4)
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    return np.clip((dist - inset) / max(ramp, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def visible_face_mask(template_points: np.ndarray, points: np.ndarray, size: int,
+                      cfg: ComposeConfig = ComposeConfig()) -> np.ndarray:
+    """(S, S) float32 in [0, 1]: where a dub may change the template crop.
+
+    The inside of the template's face outline (:func:`face_outline`) united with the wanted
+    face's (the template's points with the predicted jaw, so a dropping chin may move down past
+    the template's), exactly 0 outside both and for ``face_inset`` px inside, rising to 1 over
+    ``face_ramp`` px. template_points, points (68, 2) crop px. The inset is at least 1.5 crop px,
+    so the bilinear paste-back (:func:`compose_frame`) cannot reach a frame pixel outside the
+    outline either: hair, background and the far side of a turned head stay the template's.
+    """
+    px = size / REFERENCE_SIZE
+    return outline_mask((template_points, points), (size, size), max(cfg.face_inset * px, 1.5), cfg.face_ramp * px)
 
 
 def face_mask(points: np.ndarray, size: int, cfg: ComposeConfig = ComposeConfig()) -> np.ndarray:
@@ -184,8 +223,13 @@ def render_sequence(engine, frames: Iterable[np.ndarray], lms, template, *, star
         if not track.valid[i]:
             yield frame
             continue
-        out = engine.draw(frame_inputs(track, frame, lms, i, size), i, state)
-        yield compose_frame(frame, out.image, track, i, out.mask, cfg)
+        inputs = frame_inputs(track, frame, lms, i, size)
+        out = engine.draw(inputs, i, state)
+        mask = out.mask
+        if cfg.clip_to_face:
+            clip = visible_face_mask(inputs.template_points, inputs.points, size, cfg)
+            mask = clip if mask is None else np.minimum(mask, clip)
+        yield compose_frame(frame, out.image, track, i, mask, cfg)
 
 
 def _unpack(item: object) -> tuple[np.ndarray | None, np.ndarray | None]:

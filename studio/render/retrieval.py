@@ -58,7 +58,7 @@ from studio.errors import CheckpointError, InputError
 from studio.face import layout
 from studio.face.normalize import face_scale, nose_centre
 from studio.fsutil import atomic_path
-from studio.render.compose import feathered_mask
+from studio.render.compose import feathered_mask, outline_mask, visible_face_mask
 from studio.render import REFERENCE_SIZE, RESAMPLE
 from studio.render.base import FrameInputs, Rendered
 
@@ -89,6 +89,10 @@ class RetrievalConfig:
     min_pool_frames: int = 50  # fewer usable frames than this -> InputError (too little footage)
     candidates: int = 12  # nearest pool frames considered per output frame
     jaw_weight: float = 0.7  # weight of the jaw in the shape distance (mouth total = 1)
+    pose_weight: float = 0.5  # weight of the head pose (yaw, pitch: PoseBasis) in the pick, so a
+    # turned head gets mouths filmed at that turn, not frontal ones warped onto it
+    opening_weight: float = 0.5  # weight of the inner-lip opening (over the pool's spread), so the
+    # pick opens as far as the prediction and the warp need not stretch or squeeze a mouth
     whiten: float = 0.5  # mouth PCA coefficient k is divided by std_k ** whiten (1 = whitened)
     jump_cost: float = 3.0  # Viterbi cost of a pick that does not continue the previous one, in
     # units of the sequence's median nearest-neighbour distance (so it is independent of the
@@ -96,6 +100,7 @@ class RetrievalConfig:
     mask_dilation: float = 8.0  # px at 256
     feather: float = 4.0  # Gaussian sigma of the mask edge, px at 256
     colour_match: bool = True
+    clip_to_face: bool = True  # cut the mask to the face outline (studio.render.compose.visible_face_mask)
     seamless: bool = False  # Poisson blending (cv2.seamlessClone): slower
     jpeg_quality: int = 93  # pool patches
     fill_mouth: bool = True  # give a mouth interior to predictions that open wider than the pick
@@ -139,6 +144,34 @@ def shape_features(points: np.ndarray, pca, jaw_scale: float, jaw_weight: float,
     mouth = pca.transform(layout.mouth_vector(n).astype(np.float32)) * w / np.sqrt(((std * w) ** 2).sum())
     jaw = n[..., layout.JAW, :].reshape(*n.shape[:-2], 2 * layout.N_JAW)
     return np.concatenate([mouth, jaw_weight * jaw / jaw_scale], axis=-1).astype(np.float32)
+
+
+class PoseBasis(NamedTuple):
+    """Head pose as the pool sees it: the main modes of the stable points' layout (brows, nose,
+    eyes; derolled and scaled as in :func:`shape_features`), which over one person's footage are
+    yaw, pitch and their mix. mean (2 * 27,), basis (K, 2 * 27) rows scaled so that the pool's
+    features have total spread 1."""
+
+    mean: np.ndarray
+    basis: np.ndarray
+
+
+def fit_pose_basis(points: np.ndarray, k: int = 3) -> PoseBasis:
+    """(N, 68, 2) px of the pool -> its :class:`PoseBasis` (the top ``k`` principal axes)."""
+    x = _deroll(points)[:, list(layout.STABLE), :].reshape(len(points), -1)
+    mean = x.mean(0)
+    _, sig, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(k, len(sig))
+    spread = np.sqrt((sig[:k] ** 2).sum() / max(len(x), 1)) + 1e-9
+    return PoseBasis(mean, vt[:k] / spread)
+
+
+def pose_features(points: np.ndarray, basis: PoseBasis) -> np.ndarray:
+    """(..., 68, 2) px -> (..., K) float32: the head pose coordinates of :func:`fit_pose_basis`.
+    Only the stable points count, so a wanted face has its template frame's pose."""
+    n = _deroll(points)
+    x = n[..., list(layout.STABLE), :].reshape(*n.shape[:-2], -1)
+    return ((x - basis.mean) @ basis.basis.T).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,7 +732,9 @@ class RetrievalRenderer:
         with the pool, which only record how it was built), so saved pools pick up tuning."""
         self.pool = pool
         self.cfg = cfg or RetrievalConfig()
-        self._features = pool.features(self.cfg)
+        self._pose = fit_pose_basis(pool.points)
+        self._opening_scale = float(np.std(opening_ratio(pool.points.astype(np.float64)))) + 1e-3
+        self._features = self._with_pose(pool.features(self.cfg), pool.points)
         self._successor = pool.successor()
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()  # one renderer may serve several UI sessions
@@ -710,10 +745,18 @@ class RetrievalRenderer:
         """A renderer over the pool saved in ``directory`` (see :meth:`RetrievalPool.save`)."""
         return cls(RetrievalPool.load(directory), cfg)
 
+    def _with_pose(self, shape: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """(T, 31) shape features + the pose (K) and opening (1) terms of (T, 68, 2) points."""
+        pose = self.cfg.pose_weight * pose_features(points, self._pose)
+        opening = self.cfg.opening_weight * opening_ratio(np.asarray(points, np.float64)) / self._opening_scale
+        return np.concatenate([shape, pose, opening[..., None].astype(np.float32)], axis=-1)
+
     def features(self, template_points: np.ndarray, predicted_talk: np.ndarray) -> np.ndarray:
-        """(T, 68, 2), (T, 58) template crop px -> (T, 31) shape features of the wanted faces."""
-        return shape_features(layout.with_talking(template_points, predicted_talk), self.pool.pca,
-                              self.pool.jaw_scale, self.cfg.jaw_weight, self.cfg.whiten)
+        """(T, 68, 2), (T, 58) template crop px -> (T, 31 + K + 1) pick features of the wanted
+        faces: their shape, their template frame's head pose and their opening."""
+        wanted = layout.with_talking(template_points, predicted_talk)
+        shape = shape_features(wanted, self.pool.pca, self.pool.jaw_scale, self.cfg.jaw_weight, self.cfg.whiten)
+        return self._with_pose(shape, wanted)
 
     def pick(self, template_points: np.ndarray, predicted_talk: np.ndarray,
              exclude: np.ndarray | None = None) -> np.ndarray:
@@ -735,6 +778,16 @@ class RetrievalRenderer:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[j] = patch
         return patch
+
+    def _donor_face(self, index: int, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """(h, w) float32 in [0, 1]: 1 where the warp samples pool frame ``index`` inside its own
+        face outline (:func:`studio.render.compose.visible_face_mask` of its points, in patch px),
+        0 outside it; map_x, map_y the warp's maps into the patch."""
+        patch = self._patch(index)
+        pts = self.pool.points[index].astype(np.float64) - self.pool.offsets[index]
+        px = self.pool.size / REFERENCE_SIZE
+        inside = outline_mask((pts,), patch.shape[:2], 0.0, 3.0 * px)
+        return cv2.remap(inside, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
     def mouth_donor(self) -> MouthDonor | None:
         """The pool's most open mouth (:func:`mouth_donor`), found once."""
@@ -799,6 +852,12 @@ class RetrievalRenderer:
 
         alpha = feathered_mask(polys, box, cfg.mask_dilation * px, cfg.feather * px)
         alpha *= inside
+        if cfg.clip_to_face:
+            # never past the template's jaw contour (hair, background), and only pixels that were
+            # face in the picked frame too: on a head turned otherwise than the pick, what lies
+            # beyond its jaw contour (hair, shadow, the far side) is not drawn onto the cheek
+            alpha = np.minimum(alpha, visible_face_mask(tp, dst, size)[y0:y1, x0:x1])
+            alpha *= self._donor_face(index, map_x, map_y)
         target = crop[y0:y1, x0:x1]
         if cfg.colour_match:
             mouths = feathered_mask([_hull_poly(tp, layout.MOUTH), _hull_poly(dst, layout.MOUTH)],

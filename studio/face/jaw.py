@@ -1,0 +1,84 @@
+"""The dub's jaw drawn on the template's own jaw contour: pose-robust jaw placement.
+
+The mapping network predicts the 9 jaw points (iBUG 4-12) from the speech and a leak-free view
+of the template's head pose (``studio.models.conditioning``: the cheek contour it is told is the
+one a ridge regression expects for that pose, not the template's). Where that regression is off
+(strong pitch or yaw, few such frames in the footage) the predicted jaw lands beside the
+template's: on a three-quarter view of katie_hill the predicted chin sat 0.23 face scales from
+where the head put it, and a renderer that draws what it is asked then draws a second jaw line
+into the cheek.
+
+What the speech decides about the jaw is one number per frame: how far the chin hangs below the
+upper lip. :func:`anchor_jaw` keeps the template's own jaw contour (which is right for its pose
+by construction, far side included) and moves it by the difference between the predicted and
+the template's chin drop, each point along its own direction: :func:`fit_jaw_motion` measures
+on the template footage how far each jaw point moves per unit of chin drop (the chin about
+fully, the points near the ears hardly). Jaw edits (gain, offset, close-on-silence) act through
+the predicted chin drop, so they keep working.
+
+All points are normalized as in ``studio.face.normalize`` (nose centre, face scale, rotation
+kept); the motion directions are measured with the head roll removed and turned back into each
+frame's roll.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from studio.face import layout
+
+UPPER_LIP = 51  # the top of the upper lip: the chin drop is measured from it
+CHIN = 8
+
+
+def _roll(points: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) -> (...,): the eye line's angle (radians, image coordinates)."""
+    across = points[..., layout.EYE_LEFT, :].mean(-2) - points[..., layout.EYE_RIGHT, :].mean(-2)
+    return np.arctan2(across[..., 1], across[..., 0])
+
+
+def _rotate(v: np.ndarray, ang: np.ndarray) -> np.ndarray:
+    """Rotate (..., N, 2) vectors by (...,) angles."""
+    c, s = np.cos(ang)[..., None], np.sin(ang)[..., None]
+    return np.stack([c * v[..., 0] - s * v[..., 1], s * v[..., 0] + c * v[..., 1]], -1)
+
+
+def chin_drop(points: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) normalized -> (...,): the chin's distance below the upper lip along the face's
+    down direction (perpendicular to the eye line), in face scales."""
+    p = np.asarray(points, np.float64)
+    d = _rotate((p[..., CHIN, :] - p[..., UPPER_LIP, :])[..., None, :], -_roll(p))[..., 0, :]
+    return d[..., 1]
+
+
+def fit_jaw_motion(points: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """(N, 68, 2) normalized footage frames -> (9, 2): how far each jaw point (4-12) moves, head
+    roll removed, per face scale of chin drop (least squares over the frames; ``ridge`` keeps
+    footage whose chin never moves from amplifying noise)."""
+    p = np.asarray(points, np.float64)
+    drop = chin_drop(p)
+    jaw = _rotate(p[:, list(layout.JAW), :] - p[:, None, UPPER_LIP, :], -_roll(p))
+    x = drop - drop.mean()
+    y = jaw - jaw.mean(0)
+    return (np.einsum("n,nkd->kd", x, y) / ((x ** 2).sum() + ridge * len(x))).astype(np.float32)
+
+
+def anchor_jaw(talk: np.ndarray, template: np.ndarray, motion: np.ndarray,
+               lips: np.ndarray | None = None) -> np.ndarray:
+    """The wanted jaw on the template's contour. talk (T, 58) normalized wanted talking points
+    (mouth and jaw, edits applied); template (T, 68, 2) normalized template points of the same
+    frames; motion (9, 2) from :func:`fit_jaw_motion`; lips (T, 58) the talking points whose
+    upper lip the wanted chin drop is measured from (default ``talk``; the unedited prediction,
+    so that a mouth edit does not move the jaw). -> (T, 58): ``talk`` with its 9 jaw points
+    replaced by the template's, moved by (wanted - template) chin drop along ``motion``."""
+    t = np.asarray(template, np.float64)
+    wanted = layout.with_talking(t, np.asarray(talk, np.float64))
+    if lips is not None:
+        ref = layout.with_talking(t, np.asarray(lips, np.float64))
+        wanted[:, UPPER_LIP] = ref[:, UPPER_LIP]
+    delta = chin_drop(wanted) - chin_drop(t)  # (T,)
+    move = _rotate(delta[:, None, None] * np.asarray(motion, np.float64)[None], _roll(t))
+    jaw = t[:, list(layout.JAW), :] + move
+    out = np.array(talk, np.float32, copy=True)
+    out[:, layout.TALK_JAW] = jaw.reshape(len(t), -1)
+    return out
