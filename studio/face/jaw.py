@@ -51,7 +51,7 @@ def chin_drop(points: np.ndarray) -> np.ndarray:
     return d[..., 1]
 
 
-def fit_jaw_motion(points: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+def fit_jaw_motion(points: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
     """(N, 68, 2) normalized footage frames -> (9, 2): how far each jaw point (4-12) moves, head
     roll removed, per face scale of chin drop (least squares over the frames; ``ridge`` keeps
     footage whose chin never moves from amplifying noise)."""
