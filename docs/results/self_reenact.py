@@ -61,19 +61,27 @@ def score(points: np.ndarray, real: np.ndarray, mask: np.ndarray) -> dict[str, f
 
 def run(video: Path, out_dir: Path, split: float, renderer: str) -> dict:
     first, last, last_wav = cut(video, out_dir, split)
+    return run_dub(first, last_wav, last, None, out_dir, renderer, video.name)
+
+
+def run_dub(first: Path, speech_path: Path, last: Path, real_audio: Path | None, out_dir: Path, renderer: str,
+            name: str) -> dict:
+    """One-step dub of ``speech_path`` onto the footage ``first``, scored against ``last``, the real
+    video of that speech (its sound in ``real_audio`` when the video has none)."""
+    video = Path(name)
     pipe = Pipeline()
     subject = pipe.subject_for_video(first)
-    speech = pipe.speech(last_wav)
+    speech = pipe.speech(speech_path)
     tpl = pipe.template(subject, None)
     pred = pipe.predict(subject, speech, tpl, "ours")
     lms = pipe.landmarks(pred, tpl, subject)
     dub = out_dir / f"{video.stem}_dub.mp4"
     pipe.render(subject, tpl, speech, lms, dub, renderer)
-    res = sync_check(dub, last, template_video=first, work_dir=out_dir / "sync", max_lag=MAX_LAG, tracks=True)
+    res = sync_check(dub, last, real_audio=real_audio, template_video=first, work_dir=out_dir / "sync", max_lag=MAX_LAG, tracks=True)
     tr = res["tracks"]
     n = len(tr["real"])
     asked = metrics.resample(lms.points.astype(np.float64), tpl.meta.fps, n, tr["fps"])
-    row = {"clip": video.name, "frames": n, "renderer": renderer,
+    row = {"clip": name, "frames": n, "renderer": renderer,
            "predicted": score(asked, tr["real"], tr["mask"]),
            "rendered": {k: round(res["dub"][f"inner_{k}"], 3) if k != "lag" else int(res["dub"]["inner_lag"])
                         for k in ("r", "r_best", "lag", "amplitude")},
@@ -85,7 +93,8 @@ def run(video: Path, out_dir: Path, split: float, renderer: str) -> dict:
     op_asked = metrics.openings(asked)["inner"]
     op_dub = metrics.openings(tr["dub"])["inner"]
     m = tr["mask"]
-    row["fidelity"] = {"r": round(metrics.pearson(op_dub[m], op_asked[m]), 3),
+    lag, r_lag = metrics.best_lag(op_dub, op_asked, MAX_LAG)
+    row["fidelity"] = {"r": round(metrics.pearson(op_dub[m], op_asked[m]), 3), "lag": lag, "r_best": round(r_lag, 3),
                        "slope": round(float(np.polyfit(op_asked[m], op_dub[m], 1)[0]), 3)}
     return row
 
@@ -93,7 +102,9 @@ def run(video: Path, out_dir: Path, split: float, renderer: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
-    ap.add_argument("clips", nargs="+")
+    ap.add_argument("clips", nargs="*")
+    ap.add_argument("--pair", nargs=3, metavar=("FOOTAGE", "SPEECH", "REAL"), action="append", default=[],
+                    help="dub SPEECH onto FOOTAGE (one step), score against REAL (its sound: SPEECH)")
     ap.add_argument("--split", type=float, default=0.7)
     ap.add_argument("--renderer", default="retrieval")
     args = ap.parse_args()
@@ -103,6 +114,10 @@ def main() -> int:
     rows = []
     for c in args.clips:
         rows.append(run(Path(c), out, args.split, args.renderer))
+        print(json.dumps(rows[-1]), flush=True)
+    for footage, speech, real in args.pair:
+        rows.append(run_dub(Path(footage), Path(speech), Path(real), Path(speech), out, args.renderer,
+                            f"{Path(speech).name} on {Path(footage).name}"))
         print(json.dumps(rows[-1]), flush=True)
     (out / "self_reenact.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
