@@ -58,8 +58,9 @@ class PipelineConfig:
     # "high" (crf 16, x264 "medium": about 3x the encoding time, for delivery)
     check_identity: bool = True  # refuse an uploaded template that shows another person than the
     # subject's footage (studio.face.identity_check); False dubs it anyway (CLI --allow-other-person)
-    anchor_jaw: bool = True  # draw the jaw on the template's own contour, moved by the predicted
-    # chin drop (studio.face.jaw): the network's jaw placement is unreliable on turned heads
+    anchor_to_template: bool = True  # place the mouth where the template's sits and draw the jaw on
+    # the template's own contour, moved by the predicted chin drop (studio.face.jaw): the
+    # network's placement is unreliable on turned heads
 
     def __post_init__(self) -> None:
         if self.quality not in ENCODINGS:
@@ -299,13 +300,16 @@ class Pipeline:
         talk = apply_edits(prediction.talk, edits, pca, speech_energy=prediction.energy,
                            closed_shape=closed, fps=prediction.fps)
         idx = prediction.frame_index
-        if self.config.anchor_jaw:
-            from studio.face.jaw import anchor_jaw, fit_jaw_motion
+        if self.config.anchor_to_template:
+            from studio.face.jaw import anchor_jaw, fit_jaw_motion, mouth_placement, place_mouth
 
             norm = template.norm_landmarks
             found = np.asarray(template.found, bool)
             motion = fit_jaw_motion(norm[found] if found.sum() >= 10 else norm)
-            talk = anchor_jaw(talk, norm[idx], motion, lips=prediction.talk)
+            # placement is measured on the unedited prediction, so that edits keep their effect
+            placement = mouth_placement(prediction.talk, norm[idx], prediction.fps)
+            lips = place_mouth(prediction.talk, norm[idx], placement)
+            talk = anchor_jaw(place_mouth(talk, norm[idx], placement), norm[idx], motion, lips=lips)
         centre, scale = template.centre[idx], template.scale[idx]
         base = template.landmarks[idx]
         points = layout.with_talking(base, denormalize_flat(talk, centre, scale))

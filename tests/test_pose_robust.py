@@ -24,6 +24,7 @@ def _inside(points: np.ndarray, size: int) -> np.ndarray:
 
     m = np.zeros((size, size), np.uint8)
     cv2.fillPoly(m, [np.round(face_outline(points)).astype(np.int32)], 1)
+    cv2.fillConvexPoly(m, cv2.convexHull(points[48:60].astype(np.float32)).reshape(-1, 2).round().astype(np.int32), 1)
     return m.astype(bool)
 
 
@@ -55,6 +56,8 @@ def test_paste_back_leaves_every_pixel_outside_the_face_bit_for_bit():
 
     inside = np.zeros((300, 400), np.uint8)
     cv2.fillPoly(inside, [np.round(face_outline(pts_frame) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    lips = cv2.convexHull(pts_frame[48:60].astype(np.float32)).reshape(-1, 2)
+    cv2.fillConvexPoly(inside, np.round(lips * 16).astype(np.int32), 1, cv2.LINE_8, 4)
     changed = np.any(out != frame, axis=-1)
     assert changed.any()  # the face itself was replaced
     assert not changed[inside == 0].any()

@@ -66,6 +66,7 @@ def feathered_mask(polys: Sequence[np.ndarray], box: tuple[int, int, int, int], 
     return m.astype(np.float32) * (1 / 255)
 
 
+OUTER_LIP = tuple(range(48, 60))
 FACE_OUTLINE = tuple(range(0, 17)) + tuple(range(26, 16, -1))  # jaw contour, then the brows back
 
 
@@ -77,12 +78,15 @@ def face_outline(points: np.ndarray) -> np.ndarray:
 
 def outline_mask(faces: Sequence[np.ndarray], shape: tuple[int, int], inset: float, ramp: float) -> np.ndarray:
     """(h, w) float32 in [0, 1]: inside the union of the faces' outlines (each (68, 2) px, see
-    :func:`face_outline`), 0 outside and for ``inset`` px inside the edge, rising to 1 over
+    :func:`face_outline`) and their outer lips' hulls, 0 outside and for ``inset`` px inside the edge, rising to 1 over
     ``ramp`` px."""
     inside = np.zeros(shape, np.uint8)
     for pts in faces:
         q = np.round(face_outline(pts) * 16).astype(np.int32)
         cv2.fillPoly(inside, [q], 255, cv2.LINE_8, 4)
+        # the lips stand out of the cheek's outline on a strongly turned head: they are face too
+        lips = cv2.convexHull(np.asarray(pts, np.float32)[list(OUTER_LIP)]).reshape(-1, 2)
+        cv2.fillConvexPoly(inside, np.round(lips * 16).astype(np.int32), 255, cv2.LINE_8, 4)
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     return np.clip((dist - inset) / max(ramp, 1e-6), 0.0, 1.0).astype(np.float32)
 
@@ -91,9 +95,9 @@ def visible_face_mask(template_points: np.ndarray, points: np.ndarray, size: int
                       cfg: ComposeConfig = ComposeConfig()) -> np.ndarray:
     """(S, S) float32 in [0, 1]: where a dub may change the template crop.
 
-    The inside of the template's face outline (:func:`face_outline`) united with the wanted
-    face's (the template's points with the predicted jaw, so a dropping chin may move down past
-    the template's), exactly 0 outside both and for ``face_inset`` px inside, rising to 1 over
+    The inside of the template's face outline (:func:`face_outline`) and lips united with the
+    wanted face's (the template's points with the predicted mouth and jaw, so a dropping chin may
+    move down past the template's), exactly 0 outside both and for ``face_inset`` px inside, rising to 1 over
     ``face_ramp`` px. template_points, points (68, 2) crop px. The inset is at least 1.5 crop px,
     so the bilinear paste-back (:func:`compose_frame`) cannot reach a frame pixel outside the
     outline either: hair, background and the far side of a turned head stay the template's.

@@ -565,7 +565,7 @@ def piecewise_affine_maps(dst: np.ndarray, src: np.ndarray, box: tuple[int, int,
 
     dst, src (M, 2) corresponding points (destination and source px); box (x0, y0, x1, y1) of the
     destination region. -> map_x, map_y (h, w) float32 source coordinates for cv2.remap, and
-    inside (h, w) bool: covered by a triangle.
+    inside (h, w) bool: covered by a triangle that is not folded over in the source.
     """
     from scipy.spatial import Delaunay
 
@@ -589,7 +589,15 @@ def piecewise_affine_maps(dst: np.ndarray, src: np.ndarray, box: tuple[int, int,
     t = table.reshape(-1, 6)
     map_x = np.take(t[:, 0], ids) * xs + np.take(t[:, 2], ids) * ys + np.take(t[:, 4], ids)
     map_y = np.take(t[:, 1], ids) * xs + np.take(t[:, 3], ids) * ys + np.take(t[:, 5], ids)
-    return map_x, map_y, ids > 0
+    # a triangle whose corners come in the other order in the source is folded over: what it would
+    # show is a mirror image (far-side mouth corners bunched at a silhouette); leave it out
+    def area(t: np.ndarray) -> np.ndarray:  # (K, 3, 2) -> (K,) signed (twice the) area
+        u, v = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+        return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+
+    s_area, d_area = area(s), area(d)
+    keep = np.concatenate([[False], ok & (np.sign(s_area) == np.sign(d_area))])
+    return map_x, map_y, keep[ids]
 
 
 def _hull_poly(points: np.ndarray, idx: Sequence[int]) -> np.ndarray:
@@ -909,11 +917,14 @@ class RetrievalRenderer:
         alpha = feathered_mask(polys, box, cfg.mask_dilation * px, cfg.feather * px)
         alpha *= inside
         if cfg.clip_to_face:
-            # never past the template's jaw contour (hair, background), and only pixels that were
-            # face in the picked frame too: on a head turned otherwise than the pick, what lies
-            # beyond its jaw contour (hair, shadow, the far side) is not drawn onto the cheek
+            # never past the template's jaw contour (hair, background), and inside the wanted face
+            # only pixels that were face in the picked frame too: on a head turned otherwise than
+            # the pick, what lies beyond its jaw contour (hair, shadow) is not drawn onto the cheek
             alpha = np.minimum(alpha, visible_face_mask(tp, dst, size)[y0:y1, x0:x1])
-            alpha *= self._donor_face(index, map_x, map_y)
+            # ... except below a chin that rises above the template's: there the picked frame's
+            # neck is what the template's old chin must be covered with
+            wanted = outline_mask((dst - [x0, y0],), alpha.shape, 0.0, cfg.feather * px)
+            alpha *= np.maximum(self._donor_face(index, map_x, map_y), 1.0 - wanted)
         target = crop[y0:y1, x0:x1]
         if cfg.colour_match:
             mouths = feathered_mask([_hull_poly(tp, layout.MOUTH), _hull_poly(dst, layout.MOUTH)],
