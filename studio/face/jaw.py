@@ -19,11 +19,12 @@ the predicted chin drop, so they keep working.
 The mouth has the same trouble in a milder form: on a synthetic head turned 35 degrees the
 predicted mouth was as wide as a frontal one and reached past the cheek's outline. Its
 articulation (how open, how wide relative to its usual width) changes at syllable rates; where
-it sits and how wide it looks at a given turn changes with the head, slowly. :func:`mouth_placement`
-measures, per frame, the sideways offset, the upper lip's height and the width ratio between
-the predicted and the template's mouth, low-passed over ``PLACEMENT_SIGMA_S`` seconds, and
-:func:`place_mouth` applies them: the mouth then sits where the template's does and is as
-foreshortened, while its opening and its fast changes of width are the prediction's.
+it sits and how foreshortened it looks at a given turn changes with the head, slowly.
+:func:`mouth_placement` measures, per frame, each mouth point's sideways offset and the upper
+lip's height offset between the template's and the predicted mouth, low-passed over
+``PLACEMENT_SIGMA_S`` seconds, and :func:`place_mouth` applies them: the mouth then sits where
+the template's does and is as foreshortened, while its opening and its fast changes of shape
+are the prediction's.
 
 All points are normalized as in ``studio.face.normalize`` (nose centre, face scale, rotation
 kept); the motion directions are measured with the head roll removed and turned back into each
@@ -38,7 +39,6 @@ from studio.face import layout
 
 UPPER_LIP = 51  # the top of the upper lip: the chin drop is measured from it
 CHIN = 8
-CORNERS = (48, 54)  # outer mouth corners: the mouth's width
 PLACEMENT_SIGMA_S = 0.3  # seconds: Gaussian low-pass of the mouth placement (slower than syllables)
 
 
@@ -103,34 +103,29 @@ def _derolled_mouth(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def mouth_placement(talk: np.ndarray, template: np.ndarray, fps: float,
                     sigma_s: float = PLACEMENT_SIGMA_S) -> np.ndarray:
-    """(T, 3) low-passed placement of the template's mouth relative to the predicted one: sideways
-    offset of the mouth corners' midpoint (on a turned head the points bunch on the far side, so
-    their mean is not the mouth's middle), height offset of the upper lip (face scales, head roll removed)
-    and log width ratio. talk (T, 58) normalized prediction; template (T, 68, 2) normalized."""
+    """(T, 21) low-passed placement of the template's mouth relative to the predicted one, head
+    roll removed: for each of the 20 mouth points its sideways offset (on a turned head the far
+    side's points bunch together, near the silhouette: a per-point offset moves them as the
+    template shows them), and the height offset of the upper lip (the opening stays the
+    prediction's). talk (T, 58) normalized prediction; template (T, 68, 2) normalized."""
     from studio.models.conditioning import gaussian_lowpass
 
     t = np.asarray(template, np.float64)
     pred, _ = _derolled_mouth(layout.with_talking(t, np.asarray(talk, np.float64)))
     tpl, _ = _derolled_mouth(t)
-    ci, cj = (layout.MOUTH.index(c) for c in CORNERS)
     up = layout.MOUTH.index(UPPER_LIP)
-    mid = lambda m: (m[:, ci, 0] + m[:, cj, 0]) / 2  # noqa: E731
-    dx = mid(tpl) - mid(pred)
+    dx = tpl[:, :, 0] - pred[:, :, 0]
     dy = tpl[:, up, 1] - pred[:, up, 1]
-    width = lambda m: np.maximum(np.abs(m[:, cj, 0] - m[:, ci, 0]), 1e-3)  # noqa: E731
-    log_ratio = np.log(width(tpl) / width(pred))
-    return gaussian_lowpass(np.stack([dx, dy, log_ratio], 1), sigma_s * fps).astype(np.float64)
+    return gaussian_lowpass(np.concatenate([dx, dy[:, None]], 1), sigma_s * fps).astype(np.float64)
 
 
 def place_mouth(talk: np.ndarray, template: np.ndarray, placement: np.ndarray) -> np.ndarray:
-    """Apply :func:`mouth_placement` ``placement`` (T, 3) to the mouth of ``talk`` (T, 58),
+    """Apply :func:`mouth_placement` ``placement`` (T, 21) to the mouth of ``talk`` (T, 58),
     template (T, 68, 2) normalized; the jaw is left as it is. -> (T, 58) float32."""
     t = np.asarray(template, np.float64)
     mouth, roll = _derolled_mouth(layout.with_talking(t, np.asarray(talk, np.float64)))
-    ci, cj = (layout.MOUTH.index(c) for c in CORNERS)
-    centre = (mouth[:, ci, 0] + mouth[:, cj, 0])[:, None] / 2
-    x = (mouth[:, :, 0] - centre) * np.exp(placement[:, 2:3]) + centre + placement[:, 0:1]
-    y = mouth[:, :, 1] + placement[:, 1:2]
+    x = mouth[:, :, 0] + placement[:, :layout.N_MOUTH]
+    y = mouth[:, :, 1] + placement[:, layout.N_MOUTH:]
     placed = _rotate(np.stack([x, y], -1), roll)
     out = np.array(talk, np.float32, copy=True)
     out[:, layout.TALK_MOUTH] = placed.reshape(len(t), -1)
