@@ -600,6 +600,47 @@ def piecewise_affine_maps(dst: np.ndarray, src: np.ndarray, box: tuple[int, int,
     return map_x, map_y, keep[ids]
 
 
+UNFOLD_STEPS = (1.0, 0.8, 0.6, 0.4, 0.2)
+
+
+def _folds(dst: np.ndarray, src: np.ndarray) -> int:
+    """Triangles of the Delaunay triangulation of dst (M, 2) that are folded over in src (M, 2)."""
+    from scipy.spatial import Delaunay
+
+    tri = Delaunay(dst).simplices
+
+    def area(p: np.ndarray) -> np.ndarray:
+        u, v = p[tri[:, 1]] - p[tri[:, 0]], p[tri[:, 2]] - p[tri[:, 0]]
+        return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+
+    a, b = area(dst), area(src)
+    return int(((np.abs(a) > 1e-6) & (np.sign(a) != np.sign(b))).sum())
+
+
+def _unfold(dst: np.ndarray, src: np.ndarray, sim: np.ndarray, n_moving: int) -> np.ndarray:
+    """Warp destination points without folds. dst, src (M, 2) control points (destination and
+    pool px); sim (2, 3) the similarity taking the pool frame's stable points onto the
+    destination's; the first ``n_moving`` points (the talking points) may move.
+
+    On a strongly turned head the far side's points bunch together near the silhouette, and a
+    wanted mouth a little wider or narrower than the picked one there puts corners in another
+    order than in the pick: the piecewise-affine warp then folds the picture over itself (a
+    mirrored sliver of lip, a seam across the cheek). The talking points are moved back towards
+    the pick's own shape (seen in the destination through ``sim``) in steps of
+    ``UNFOLD_STEPS`` until no triangle folds; the first step is the wanted shape itself, so on
+    the frames that do not fold nothing changes. Triangles still folded after the last step are
+    left out by :func:`piecewise_affine_maps`."""
+    if _folds(dst, src) == 0:
+        return dst
+    own = src[:n_moving] @ sim[:, :2].T + sim[:, 2]
+    for lam in UNFOLD_STEPS[1:]:
+        cand = dst.copy()
+        cand[:n_moving] = own + lam * (dst[:n_moving] - own)
+        if _folds(cand, src) == 0:
+            return cand
+    return dst
+
+
 def _hull_poly(points: np.ndarray, idx: Sequence[int]) -> np.ndarray:
     return cv2.convexHull(points[list(idx)].astype(np.float32)).reshape(-1, 2)
 
@@ -895,7 +936,8 @@ class RetrievalRenderer:
         ring_src = ring_dst @ _similarity(dst[stable], src[stable])[:, :2].T + \
             _similarity(dst[stable], src[stable])[:, 2]
         ctrl = list(CONTROL)
-        d_pts = np.concatenate([dst[ctrl], ring_dst])
+        d_pts = _unfold(np.concatenate([dst[ctrl], ring_dst]), np.concatenate([src[ctrl], ring_src]),
+                        _similarity(src[stable], dst[stable]), layout.N_TALKING)
         s_pts = np.concatenate([src[ctrl], ring_src]) - off
         # work only where the feathered mask can be non-zero (the ring lies beyond it)
         polys = [_hull_poly(tp, REGION), _hull_poly(dst, REGION)]
