@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dub": ("studio.pipeline", "dub a template video with new speech"),
     "dub-batch": ("studio.batch", "dub every row of a manifest CSV (local worker pool or Ray), resumable"),
     "sync-check": ("studio.sync", "score a rendered dub's mouth against the real video of its speech (JSON on the last line)"),
+    "integrity": ("studio.render.integrity", "re-detect a dub's face frame by frame against what it was asked to draw; pixels changed outside the face; contact sheet (JSON on the last line)"),
     "quality": ("studio.render.quality", "flicker, sharpness and seam of a rendered dub against a real video (JSON on the last line)"),
     "bench": ("studio.bench", "measure speed and memory of every stage -> JSON + markdown report"),
 }

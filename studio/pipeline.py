@@ -519,7 +519,8 @@ def _check_frame(i: int, lms: Landmarks) -> int:
 
 
 def landmarks_table(lms: Landmarks):
-    """The edited landmarks as a pandas DataFrame: one row per output frame, x0..y67 in pixels."""
+    """The edited landmarks as a pandas DataFrame: one row per output frame, x0..y67 in pixels (what
+    the renderer is asked to draw), then tx0..ty67 (the template frame's own points)."""
     import pandas as pd
 
     t = lms.points.shape[0]
@@ -527,6 +528,9 @@ def landmarks_table(lms: Landmarks):
     for i in range(68):
         cols[f"x{i}"] = lms.points[:, i, 0]
         cols[f"y{i}"] = lms.points[:, i, 1]
+    for i in range(68):  # the template's own points: what the dub started from (studio integrity)
+        cols[f"tx{i}"] = lms.template[:, i, 0]
+        cols[f"ty{i}"] = lms.template[:, i, 1]
     return pd.DataFrame(cols)
 
 

@@ -90,10 +90,36 @@ def test_unknown_name():
 
 def test_missing_without_download_names_file_url_and_folder(cache):
     with pytest.raises(WeightsError) as ei:
-        weights_path("face_landmarker", download=False)
+        weights_path("blazeface", download=False)
     text = f"{ei.value.message} {ei.value.hint}"
-    assert "face_landmarker.task" in text and str(cache) in text
-    assert weights.REGISTRY["face_landmarker"].url in text
+    assert "blazeface.pth" in text and str(cache) in text
+    assert weights.REGISTRY["blazeface"].url in text
+
+
+def test_shipped_face_model_is_found_without_network_or_cache(cache, monkeypatch):
+    """The face landmarker ships in the package: found (checksum verified) before the cache, and
+    no download is ever attempted, even with an empty cache folder and no network."""
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(weights, "_download", no_network)
+    path = weights_path("face_landmarker")
+    assert path.parent == weights.ASSETS_DIR
+    assert weights.sha256_of(path) == weights.REGISTRY["face_landmarker"].sha256
+    assert (weights.ASSETS_DIR / "LICENSE-Apache-2.0.txt").read_text().lstrip().startswith("Apache License")
+    assert weights.REGISTRY["face_landmarker"].sha256 in (weights.ASSETS_DIR / "NOTICE.md").read_text()
+
+
+def test_a_corrupt_shipped_copy_falls_back_to_the_cache(cache, monkeypatch, tmp_path):
+    bad = tmp_path / "assets"
+    bad.mkdir()
+    (bad / "face_landmarker.task").write_bytes(b"not the model")
+    monkeypatch.setattr(weights, "ASSETS_DIR", bad)
+    with pytest.raises(WeightsError, match="missing"):
+        weights_path("face_landmarker", download=False)
 
 
 def test_download_ok(server, cache, monkeypatch):

@@ -1,6 +1,8 @@
 """Model files the landmark backends need: where they live, where they come from, their checksums.
 
-The cache folder is ``$STUDIO_WEIGHTS_DIR`` or ``~/.cache/lip-sync-studio/weights``. A file that
+MediaPipe's face landmarker ships inside the package (``studio/face/assets``, Apache-2.0, see its
+NOTICE.md) and is used before anything else, so a new person's footage never needs the network.
+The cache folder for the others is ``$STUDIO_WEIGHTS_DIR`` or ``~/.cache/lip-sync-studio/weights``. A file that
 is missing is downloaded once from its official location (urllib, with a timeout) to a temporary
 name in that folder, checked against its sha256 (where known; otherwise only that it is not
 empty) and renamed into place, so a failed or partial download never leaves a file that is later
@@ -39,6 +41,10 @@ class WeightSpec:
     sha256: str | None  # None: unknown upstream checksum; then only size > 0 is checked
     url: str
     licence: str = ""
+    shipped: bool = False  # a copy ships inside the package (ASSETS_DIR), found before anything else
+
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # licence and checksums: assets/NOTICE.md
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -46,7 +52,7 @@ REGISTRY: dict[str, WeightSpec] = {
         "face_landmarker.task",
         "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
         _MEDIAPIPE_BUCKET + "face_landmarker/face_landmarker/float16/1/face_landmarker.task",
-        "Apache-2.0"),
+        "Apache-2.0", shipped=True),
     # face-alignment (1adrianb/face-alignment, BSD-3-Clause): URLs from face_alignment/api.py and
     # detection/sfd/sfd_detector.py. The name's hex part is a sha256 prefix (torch.hub style);
     # the full checksums are not published.
@@ -127,13 +133,18 @@ def _hint(s: WeightSpec, folder: Path) -> str:
 
 
 def weights_path(name: str, *, download: bool = True, timeout: float = 30) -> Path:
-    """Path of model file ``name`` in the cache, downloading it first if needed.
+    """Path of model file ``name``: the copy shipped in the package (``ASSETS_DIR``, for the face
+    landmarker), else the one in the cache, downloading it first if needed.
 
     download=False never touches the network (missing -> WeightsError). timeout: seconds for the
     connection and for each read. Raises WeightsError on any failure (offline, HTTP error,
     checksum mismatch, empty file, unwritable folder).
     """
     s = spec(name)
+    if s.shipped:
+        bundled = ASSETS_DIR / Path(s.file).name
+        if _is_good(bundled, s):
+            return bundled
     folder = weights_dir()
     path = folder / s.file
     if _is_good(path, s):
