@@ -154,3 +154,91 @@ def test_retrieval_never_draws_outside_the_template_face():
     np.testing.assert_array_equal(out.image[outside], crop[outside])
     assert (out.mask > 0.5).sum() > 500  # it did draw the lower face
     assert ComposeConfig().clip_to_face
+
+
+# -- end to end: a synthetic head turning, dubbed in one step, offline ---------------------------
+
+@pytest.fixture(scope="module")
+def turning_dub(tmp_path_factory):
+    """A 12 s synthetic head turning to +-27 degrees yaw, dubbed in one step (subject built from it)
+    with 4 s of other speech, with no network and no weights folder (the shipped face model)."""
+    import shutil
+    import socket
+
+    from studio.data.synth import SynthConfig, load_truth, procedural_speech, synthesize
+    from studio.pipeline import Pipeline, landmarks_table
+    import soundfile as sf
+
+    tmp = tmp_path_factory.mktemp("turning")
+    clip = synthesize(tmp / "clip", 12.0, 3, config=SynthConfig(yaw_max=30.0))
+    yaw = load_truth(tmp / "clip")["pose_true"][:, 0]
+    shutil.copy(clip.video_path, tmp / "head.mp4")
+    shutil.copy(tmp / "clip" / "audio.wav", tmp / "head.wav")
+    sf.write(tmp / "speech.wav", procedural_speech(4.0, seed=11), 16000)
+
+    def no_network(*a, **k):
+        raise OSError("network disabled in this test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("STUDIO_WEIGHTS_DIR", raising=False)
+        mp.setenv("HOME", str(tmp / "home"))
+        mp.setenv("STUDIO_CACHE_DIR", str(tmp / "cache"))
+        mp.setattr(socket, "create_connection", no_network)
+        mp.setattr(socket.socket, "connect", no_network)
+        pipe = Pipeline(work_dir=tmp / "work")
+        subject = pipe.subject_for_video(tmp / "head.mp4")
+        speech = pipe.speech(tmp / "speech.wav")
+        tpl = pipe.template(subject, None)
+        lms = pipe.landmarks(pipe.predict(subject, speech, tpl, "ours"), tpl, subject)
+        landmarks_table(lms).to_csv(tmp / "asked.csv", index=False, float_format="%.2f")
+        out = pipe.render(subject, tpl, speech, lms, tmp / "dub.mp4", "retrieval")
+        frames = list(pipe.template_frames(tpl, lms.frame_index))
+        from studio.render.compose import render_sequence
+
+        raw = list(render_sequence(pipe.renderer(subject, "retrieval"), iter(frames), lms, tpl,
+                                   size=pipe.config.render_size))
+    return tmp, out, lms, frames, raw, yaw[lms.frame_index], tpl
+
+
+def test_turning_head_dub_keeps_every_pixel_outside_the_face(turning_dub):
+    import cv2
+
+    _, _, lms, frames, raw, _, _ = turning_dub
+    changed_any = 0
+    for i, (tpl_frame, out) in enumerate(zip(frames, raw)):
+        inside = np.zeros(tpl_frame.shape[:2], np.uint8)
+        for pts in (lms.template[i], lms.points[i]):
+            cv2.fillPoly(inside, [np.round(face_outline(pts) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+            lips = cv2.convexHull(pts[48:60].astype(np.float32)).reshape(-1, 2)
+            cv2.fillConvexPoly(inside, np.round(lips * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+        changed = np.any(out != tpl_frame, axis=-1)
+        assert not changed[inside == 0].any(), f"frame {i} changed pixels outside the face"
+        changed_any += int(changed.any())
+    assert changed_any > 0.9 * len(raw)  # and the faces were dubbed
+
+
+def _turning_integrity(turning_dub):
+    from studio.render.integrity import integrity_check
+
+    tmp, out, _, _, _, yaw, tpl = turning_dub
+    assert np.abs(yaw).max() > 20  # the dubbed part does turn
+    return tmp, integrity_check(out, tmp / "asked.csv", template_video=tpl.video_path, sheet=tmp / "sheet.jpg")
+
+
+def test_turning_head_dub_stays_whole(turning_dub):
+    """Measured: 6 % of frames broken (the first 7, at +27 degrees: the jaw 0.10-0.11 off what was
+    asked, a seam at the far mouth corner), none outside the face; before issue 21 every frame of
+    a turned dub painted outside the face. The bound here is what holds today; the target is
+    the strict xfail below."""
+    tmp, res = _turning_integrity(turning_dub)
+    assert res["dub"]["broken"] <= res["floor"]["broken"] + 0.10, res["dub"]["broken_frames"]
+    assert res["dub"]["outside"]["max"] == 0.0
+    assert res["dub"]["mouth"]["p95"] <= 2 * res["floor"]["mouth"]["p95"] + 0.02
+    assert (tmp / "sheet.jpg").stat().st_size > 10_000
+
+
+@pytest.mark.xfail(strict=True, reason="issue 21 target not reached: at 25-27 degrees yaw the rendered jaw "
+                   "follows the asked chin drop only partly (6 % of frames broken against a 0 % floor)")
+def test_turning_head_dub_is_whole_at_the_floor(turning_dub):
+    _, res = _turning_integrity(turning_dub)
+    assert res["dub"]["broken"] <= res["floor"]["broken"] + 0.01, res["dub"]["broken_frames"]
