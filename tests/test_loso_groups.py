@@ -39,7 +39,7 @@ def test_permutation_null_sits_below_a_real_relation_and_near_zero_for_noise():
 
 
 def test_short_speakers_are_pooled_by_corpus():
-    groups = lg.score_groups({"obama": 31.0, "grid_a": 0.9, "lrs3_b": 0.5, "lrs2_c": 3.4, "katie_hill": 2.4})
+    groups = lg.score_groups({"obama": 31.0, "grid_a": 5.0, "lrs3_b": 4.0, "lrs2_c": 3.4, "katie_hill": 2.4})
     assert groups["obama"] == "obama"
     assert groups["grid_a"] == groups["lrs3_b"] != groups["lrs2_c"]
     assert groups["katie_hill"] == lg.OTHER_GROUP
@@ -73,3 +73,16 @@ def test_table_reports_best_lag_r_lag_zero_r_and_the_null(tmp_path):
     back = lg.load_series(tmp_path / "s.npz")
     assert [s.method for s in back] == [s.method for s in by_seed[0]]
     np.testing.assert_allclose(back[0].pred, by_seed[0][0].pred)
+
+
+def test_a_corpus_with_too_little_speech_joins_the_pooled_rest():
+    groups = lg.score_groups({"lrs2_a": 3.0, "lrs2_b": 3.0, "pcavs_a": 5.0, "pcavs_b": 4.0, "katie_hill": 2.4})
+    assert groups["pcavs_a"] == groups["pcavs_b"] != lg.OTHER_GROUP
+    assert groups["lrs2_a"] == groups["katie_hill"] == lg.OTHER_GROUP
+
+
+def test_the_null_shuffles_even_a_clip_shorter_than_one_segment():
+    rng = np.random.default_rng(4)
+    truth = np.convolve(rng.standard_normal(22), np.ones(3) / 3, "same")
+    null = lg.permutation_null([(truth, truth)], [25.0], n=30, seed=0)
+    assert float(np.median(null)) < 0.9  # a shuffle that moved nothing would give 1.0

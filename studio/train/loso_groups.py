@@ -15,7 +15,8 @@ out speech (:func:`score_groups`): a speaker with that much on their own is thei
 others are pooled by corpus (their clips' z-scored series concatenated; each clip still scored
 by a prior that never saw its speaker). Per group and method: r at lag 0, r at the best lag
 within +-``SYNC_LAG`` frames and that lag, and a permutation null: the prediction against the
-real mouth cut into ``NULL_SEGMENT_S`` segments shuffled within each clip, best lag within
+real mouth cut into ``NULL_SEGMENT_S`` segments (shorter in clips under ``MIN_SEGMENTS`` of
+them) shuffled within each clip, best lag within
 +-``SYNC_LAG`` likewise, ``NULL_PERMUTATIONS`` times; its 95th percentile is reported.
 
 Methods: ``prior`` (the prior alone with the person's offset and the recording's timing measured
@@ -46,6 +47,7 @@ SYNC_LAG = 3  # frames each way: the field's "best offset" search for sync
 MIN_HELD_SECONDS = 8.0
 NULL_PERMUTATIONS = 200
 NULL_SEGMENT_S = 1.0
+MIN_SEGMENTS = 4  # a short clip's real mouth is cut into at least this many segments for the null
 METHODS = ("prior", "finetune", "template", "energy")
 LABELS = {"prior": "prior alone (+ timing from the footage)", "finetune": "prior + fine-tune (first 70 %)",
           "template": "no lip sync (template)", "energy": "speech log energy"}
@@ -79,11 +81,16 @@ def speaker_folds(seconds: dict[str, float], folds: int) -> dict[str, int]:
 
 def score_groups(held_seconds: dict[str, float], min_seconds: float = MIN_HELD_SECONDS) -> dict[str, str]:
     """Speaker -> score group: themselves with ``min_seconds`` of held-out speech, else their
-    corpus (``CORPORA`` by name prefix, else ``OTHER_GROUP``)."""
+    corpus (``CORPORA`` by name prefix) when the corpus pools that much, else ``OTHER_GROUP``
+    (which may stay under ``min_seconds`` when there is not more speech)."""
     out = {}
     for s, sec in held_seconds.items():
         out[s] = s if sec >= min_seconds else CORPORA.get(s.split("_")[0], OTHER_GROUP)
-    return out
+    total: dict[str, float] = {}
+    for s, g in out.items():
+        total[g] = total.get(g, 0.0) + held_seconds[s]
+    # a corpus with too little held-out speech of its own joins the pooled rest
+    return {s: (OTHER_GROUP if g != s and total[g] < min_seconds else g) for s, g in out.items()}
 
 
 def _filled(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -134,7 +141,7 @@ def permutation_null(pairs, fps: Sequence[float], n: int = NULL_PERMUTATIONS, se
     for k in range(n):
         shuffled = []
         for (x, y), f in zip(pairs, fps):
-            seg = max(2, int(round(segment_s * f)))
+            seg = max(2, min(int(round(segment_s * f)), len(y) // MIN_SEGMENTS))
             parts = [y[i:i + seg] for i in range(0, len(y), seg)]
             order = rng.permutation(len(parts))
             shuffled.append((x, np.concatenate([parts[j] for j in order])))
