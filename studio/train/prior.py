@@ -23,9 +23,12 @@ recording's timing is measured first on the footage's own speech (:func:`estimat
 on Obama with the prior trained without him it moved the prior's inner-lip r from 0.38 to 0.47.
 
 Speakers (``SPEAKERS``): Obama (4 clips, ~100 s), Katie Hill, Alexandria Ocasio-Cortez and a
-young man outdoors (7-8 s each, their own audio tracks). Left out (``EXCLUDED``): andrew_clip_1/2
-and reagan_clip1, whose separate wav files are not the speech of their videos, and
-theresa_may_5s, whose mouth does not follow its audio at any small lag.
+young man outdoors (7-8 s each, their own audio tracks), and 29 clips of 29 more people from
+media/speakers (lip-reading corpus samples, VoxCeleb2 crops, presenters: 1-60 s each; licences and
+dataset terms in presets/prior/MODEL_CARD.md). Left out (``EXCLUDED``): andrew_clip_1/2 and
+reagan_clip1, whose separate wav files are not the speech of their videos, theresa_may_5s, whose
+mouth does not follow its audio at any small lag, and four media/speakers clips that fail the same
+check. Measured by leave-group-out (``studio.train.loso_groups``, docs/results/prior_issue22.md).
 
 ``torchrun --standalone --nproc_per_node=N -m studio train-prior ...`` trains it data-parallel
 (``studio.train.distributed``; rank 0 preprocesses the clips into the ``--work`` cache first).
