@@ -169,6 +169,43 @@ def one_step_stage(shared: Path, tmp: Path, seconds: float = 10.0) -> dict:
             "frames": first["frames"], "peak_rss_mb": max(first["peak_rss_mb"], second["peak_rss_mb"])}
 
 
+def prior_speech_benchmark(seconds: float = 300.0, fps: float = 25.0, repeats: int = 3) -> dict:
+    """Speech to mouth with the shipped prior, features included: ``seconds`` of a waveform ->
+    logfbank aligned to video frames -> each speech normalisation (``audio_norm``) -> the
+    prior's prediction. Median wall seconds per normalisation (the prior's own is the one used)."""
+    import numpy as np
+
+    from studio import audio
+    from studio.models import checkpoint as ck
+    from studio.models import conditioning as cond
+    from studio.train.prior import PRIOR_DIR
+
+    model = ck.MappingModel.load(PRIOR_DIR)
+    frames = int(round(seconds * fps))
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * audio.SAMPLE_RATE)) / audio.SAMPLE_RATE
+    wave = (0.2 * np.sin(2 * np.pi * 3 * t) * rng.standard_normal(len(t))).astype(np.float32)
+    n = model.norm
+    pose = np.repeat(n.pose_mean[None], frames, 0).astype(np.float32)
+    cheek = np.repeat(n.cheek_mean[None], frames, 0).astype(np.float32)
+    out: dict[str, Any] = {"audio_seconds": seconds, "prior_audio_norm": model.net.cfg.audio_norm}
+    model.predict(audio.features_for_video(wave, fps, frames), pose, cheek, fps=fps)  # warm-up
+    for mode in cond.AUDIO_NORMS:
+        walls = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            feats = audio.features_for_video(wave, fps, frames)
+            normed = cond.normalize_audio(feats, mode)
+            t1 = time.perf_counter()
+            model.predict(feats, pose, cheek, fps=fps)  # the model applies its own normalisation
+            walls.append((t1 - t0, time.perf_counter() - t0))
+        out[f"features_{mode}_s"] = float(np.median([w[0] for w in walls]))
+        if mode == model.net.cfg.audio_norm:
+            out["features_and_prior_s"] = float(np.median([w[1] for w in walls]))
+        del normed
+    return out
+
+
 def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync_real: Path | None = None,
         sync_real_audio: Path | None = None, sync_seconds: float = 10.0,
         stages: set[str] | None = None) -> dict[str, Any]:
@@ -217,6 +254,7 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
         return benchmark()
 
     stage("mapping_inference", mapping_stage, report)
+    stage("prior_speech_to_mouth", prior_speech_benchmark, report)
 
     def training_stage() -> dict:
         from studio.train.evaluate import training_benchmark
@@ -292,7 +330,8 @@ def run(out: Path, shared: Path, subject: Path | None, quick: bool = False, sync
     return report
 
 
-STAGES = ("audio_features", "media", "synth_60s", "preprocess", "mapping_inference", "mapping_training",
+STAGES = ("audio_features", "media", "synth_60s", "preprocess", "mapping_inference", "prior_speech_to_mouth",
+          "mapping_training",
           "edits_5min", "retrieval_renderer", "neural_renderer", "dub_12s_720p", "dub_60s_720p", "sync_check",
           "visual_quality", "batch",
           "one_step_dub", "studio_ui_sample")

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-renderer": ("studio.train.renderer", "train the neural (pix2pixHD + self-attention) renderer"),
     "train-prior": ("studio.train.prior", "train the multi-speaker prior mapping (presets/prior) on ../shared"),
     "loso": ("studio.train.loso", "leave-one-speaker-out evaluation of the prior (dubbing protocol) -> table"),
+    "loso-groups": ("studio.train.loso_groups", "leave-speaker-out by folds of speakers, pooled score groups, permutation null -> table"),
     "make-subject": ("studio.subject", "build a subject folder from footage of one person"),
     "dub": ("studio.pipeline", "dub a template video with new speech"),
     "dub-batch": ("studio.batch", "dub every row of a manifest CSV (local worker pool or Ray), resumable"),

@@ -226,3 +226,18 @@ def test_swap_partners_are_other_moments_in_a_similar_pose():
     assert len(cands[0]) > 0 and len(cands[-1]) > 0
     # a window at yaw 0 never swaps with one at yaw 30
     assert all(index[j, 1] + 32 <= 200 + 32 for j in cands[0])
+
+
+def test_sync_scores_report_lag_zero_and_the_best_lag_within_three_frames(synth_pair):
+    from studio.train.evaluate import SYNC_LAG, sync_scores
+
+    sp = track(synth_pair)
+    truth = np.asarray(sp.truth, np.float64)
+    late = np.concatenate([truth[:2], truth[:-2]])  # the same mouth, 2 frames late
+    s = sync_scores(late, truth)
+    assert s["inner_lag_sync"] == 2 and s["inner_r_sync"] > 0.99 and s["inner_r0"] < s["inner_r_sync"]
+    far = np.concatenate([truth[:6], truth[:-6]])  # beyond the search: the lag stays within +-3
+    assert abs(sync_scores(far, truth)["inner_lag_sync"]) <= SYNC_LAG
+    rows = dubbing_scores(Oracle(layout.talking_vector(normalize(sp.truth, sp.centre, sp.scale))), sp, sp)
+    assert rows["dub"]["inner_r_sync"] >= rows["dub"]["inner_r0"] == pytest.approx(rows["dub"]["inner_r"])
+    assert {"inner_r0", "inner_r_sync", "inner_lag_sync"} <= set(rows["template"])

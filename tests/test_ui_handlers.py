@@ -862,9 +862,12 @@ def test_loso_results_are_shown_or_explained(monkeypatch, tmp_path):
     from studio.train import loso
 
     monkeypatch.setattr(loso, "results_dir", lambda: tmp_path)
-    assert "python -m studio loso" in h_module().loso_results()
+    assert "python -m studio loso-groups" in h_module().loso_results()
     (tmp_path / "table.md").write_text("| method | obama |\n|---|---|\n| prior | 0.5 |\n")
     assert "| prior | 0.5 |" in h_module().loso_results()
+    (tmp_path / "groups_table.md").write_text("| group | prior |\n|---|---|\n| lrs2 | 0.4 |\n")
+    shown = h_module().loso_results()
+    assert "| lrs2 | 0.4 |" in shown and "loso-groups" in shown and "| prior | 0.5 |" not in shown
 
 
 def h_module():

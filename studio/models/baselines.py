@@ -44,7 +44,7 @@ class BaselineConfig:
     audio_norm: str = "utterance"  # as CascadeConfig.audio_norm
 
     def __post_init__(self) -> None:
-        if self.audio_norm not in ("utterance", "none"):
+        if self.audio_norm not in ("utterance", "heq", "none"):
             raise ValueError(f"audio_norm must be 'utterance' or 'none', got {self.audio_norm!r}")
         if self.kind not in BASELINES:
             raise ValueError(f"unknown baseline {self.kind!r}; known: {BASELINES}")

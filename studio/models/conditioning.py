@@ -41,6 +41,11 @@ Audio (both modes when ``audio_norm`` is ``utterance``): each sequence's log fil
 standardized over its own frames (per-utterance mean and variance normalization), so that the
 recording chain (microphone, codec, level) of the template's footage and of new speech do not
 shift the network's inputs; the subject's NormStats are applied on top.
+
+``heq`` (histogram equalization, a speaker- and channel-normalised filterbank): each filter's
+values over the sequence are replaced by the standard-normal quantiles of their ranks (ties share
+their mean rank; a constant filter, e.g. silence, becomes 0), so that not only the mean and
+spread but the whole distribution of every band is the same for every voice and recording.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ import numpy as np
 from studio.errors import CheckpointError
 
 CONDITIONINGS = ("rigid", "paper")
-AUDIO_NORMS = ("utterance", "none")
+AUDIO_NORMS = ("utterance", "heq", "none")
 POSE_SIGMA_S = 0.12  # seconds; Gaussian low-pass of the pose in ``rigid`` mode
 RIDGE = 1e-2  # ridge penalty on the standardized pose features
 CONDITIONING_NAME = "conditioning.npz"
@@ -138,11 +143,29 @@ def normalize_audio(audio: np.ndarray, mode: str) -> np.ndarray:
     a = np.asarray(audio, np.float32)
     if mode == "none" or len(a) < 2:
         return a
+    if mode == "heq":
+        return histogram_equalize(a)
     if mode != "utterance":
         raise ValueError(f"unknown audio_norm {mode!r}; known: {AUDIO_NORMS}")
     mean = a.mean(axis=0, dtype=np.float64)
     std = np.sqrt(np.maximum(np.mean(np.square(a, dtype=np.float64), axis=0) - mean ** 2, 0.0))
     return ((a - mean.astype(np.float32)) / np.maximum(std, 1e-3).astype(np.float32)).astype(np.float32)
+
+
+def histogram_equalize(a: np.ndarray) -> np.ndarray:
+    """(N, D) features -> (N, D) float32: each column's values mapped to the standard-normal
+    quantiles (rank - 0.5) / N of their ranks; constant columns -> 0."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    a = np.asarray(a, np.float32)
+    n = len(a)
+    if n < 2:
+        return np.zeros_like(a)
+    q = ndtri((rankdata(a, axis=0) - 0.5) / n).astype(np.float32)
+    flat = (a.max(axis=0) - a.min(axis=0)) < 1e-6
+    q[:, flat] = 0.0
+    return q
 
 
 # -- articulation gain -----------------------------------------------------------------------------

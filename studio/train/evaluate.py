@@ -316,8 +316,25 @@ def dubbing_scores(model: MappingModel, speech: Track, template: Track) -> dict[
         rows["energy"] = score_energy(speech.energy, speech.truth, mask)
     own = np.arange(speech.frames)
     talk = model.predict(speech.audio, speech.pose, speech.cheek, fps=speech.fps)
-    rows["paper"] = compare_tracks(dub_landmarks(talk, speech, own), speech.truth, mask)
+    paper = dub_landmarks(talk, speech, own)
+    rows["paper"] = compare_tracks(paper, speech.truth, mask)
+    for row, points in (("dub", on_speech_frames(dub, template.fps, speech)), ("paper", paper),
+                        ("template", on_speech_frames(template.landmarks[idx], template.fps, speech))):
+        rows[row].update(sync_scores(points, speech.truth, mask))
     return rows
+
+
+SYNC_LAG = 3  # frames: the field's sync search (SyncNet's LSE read at the best offset within a few frames)
+
+
+def sync_scores(points: np.ndarray, ref_points: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Inner-lip opening of (T, 68, 2) landmarks against reference landmarks, reported the way the
+    field does: ``inner_r0`` (r at lag 0), ``inner_r_sync`` (r at the best lag within
+    +-``SYNC_LAG`` frames) and ``inner_lag_sync`` (that lag, reported apart)."""
+    from studio.metrics import openings, score_series
+
+    sc = score_series(openings(points)["inner"], openings(ref_points)["inner"], mask, SYNC_LAG)
+    return {"inner_r0": sc.r, "inner_r_sync": sc.r_best, "inner_lag_sync": sc.lag}
 
 
 def evaluate_dubbing(model: MappingModel, speech_clips: Sequence[Clip], template: Clip,

@@ -750,16 +750,21 @@ def ablation_subject(subject_dir: str | None, state: DubState | None = None):
 
 
 def loso_results() -> str:
-    """The multi-speaker prior's leave-one-speaker-out table (markdown), or why there is none."""
+    """The multi-speaker prior's leave-speaker-out table (markdown): the leave-group-out table with
+    pooled score groups and the permutation null (``groups_table.md``, ``python -m studio
+    loso-groups``) when there is one, else the older per-speaker table, or why there is none."""
     from studio.train.loso import results_dir
 
-    path = results_dir() / "table.md"
-    try:
-        text = path.read_text()
-    except OSError:
-        return ("No leave-one-speaker-out results yet: run `python -m studio loso --out docs/results/loso` "
-                "(trains the prior once per speaker and seed).")
-    return text + "\n\nFrom `docs/results/loso` (`python -m studio loso`); per-clip rows in `runs.csv`."
+    folder = results_dir()
+    for name, command in (("groups_table.md", "loso-groups"), ("table.md", "loso")):
+        try:
+            text = (folder / name).read_text()
+        except OSError:
+            continue
+        runs = "groups_runs.csv" if name == "groups_table.md" else "runs.csv"
+        return text + f"\n\nFrom `docs/results/loso/{name}` (`python -m studio {command}`); rows in `{runs}`."
+    return ("No leave-speaker-out results yet: run `python -m studio loso-groups --out docs/results/loso` "
+            "(trains one prior per fold of speakers and seed).")
 
 
 @user_errors
