@@ -56,6 +56,9 @@ MIN_AUDIO_RMS = 1e-4  # below this the audio track is treated as silent
 AUDIO_MATCH_MIN = 0.3  # log-energy r below this: the dub's speech is probably not the real video's
 
 
+FIELD_LAG = 3  # frames: the best-lag window sync is usually read in
+
+
 def default_work_dir() -> Path:
     """Where re-detected landmarks are cached between runs (next to the pipeline's own cache);
     the sync check and the quality check (``studio.render.quality``) share it."""
@@ -195,6 +198,9 @@ def sync_check(dub_video: str | os.PathLike[str], real_video: str | os.PathLike[
                               f"The sync check needs at least {MIN_SECONDS:g} s where the face is visible "
                               "in both: check the videos, or try the other landmark backend.")
         scores = metrics.compare_tracks(points[:m], real_pts[:m], mask=mask, max_lag=max_lag)
+        # the field's reading (SyncNet-style): r at the best lag within +-3 frames, the lag apart
+        near = metrics.compare_tracks(points[:m], real_pts[:m], mask=mask, max_lag=FIELD_LAG, shape=False)
+        scores |= {"inner_r_best3": near["inner_r_best"], "inner_lag3": near["inner_lag"]}
         return {**scores, "frames": m, "valid_frames": k}, mask
 
     dub_row, mask = row(dub_pts, dub_valid, n, f"dub ({dub_path.name})")
@@ -249,13 +255,16 @@ def table(result: dict[str, Any]) -> str:
 
     lines = [f"sync check: {result['frames']} frames at {result['fps']:.3g} fps ({result['seconds']:.1f} s), "
              f"{result['valid_frames']} with a face in both; lag > 0: late",
-             f"{'row':<9}{'inner r':>8}{'lag':>5}{'r@lag':>7}{'ampl':>7}{'outer r':>9}{'chin r':>8}{'mouth LMD':>11}"]
+             f"{'row':<9}{'inner r':>8}{'lag':>5}{'r@lag':>7}{'r@+-3':>7}{'lag3':>5}{'ampl':>7}{'outer r':>9}"
+             f"{'chin r':>8}{'mouth LMD':>11}"]
     for name in ROWS:
         r = result.get(name)
         if r is None:
             lines.append(f"{name:<9}{'(no template given)':>30}")
             continue
+        lag3 = r.get("inner_lag3")
         lines.append(f"{name:<9}{f(r['inner_r'], '.3f'):>8}{r['inner_lag']:>5d}{f(r['inner_r_best'], '.3f'):>7}"
+                     f"{f(r.get('inner_r_best3'), '.3f'):>7}{'-' if lag3 is None else lag3:>5}"
                      f"{f(r['inner_amplitude'], '.2f'):>7}{f(r['outer_r'], '.3f'):>9}{f(r['chin_r'], '.3f'):>8}"
                      f"{f(r.get('mouth_lmd'), '.4f'):>11}")
     if result.get("audio_match"):
@@ -311,9 +320,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the real video's speech as a separate file (when the video has no sound)")
     parser.add_argument("--max-lag", type=int, default=metrics.MAX_LAG,
                         help="frames searched each way for the best lag (default %(default)s)")
+    parser.add_argument("--asked", default=None, metavar="LANDMARKS.csv",
+                        help="the dub's landmarks CSV (dub --landmarks-csv): adds the face-integrity check "
+                        "(studio integrity) to the summary")
 
 
 def cli(args: argparse.Namespace) -> int:
     result = sync_check(args.dub, args.real, real_audio=args.real_audio, template_video=args.template,
                         work_dir=args.work_dir, backend=args.backend, max_lag=args.max_lag, progress=True)
-    return print_report(result, table(result))
+    text = table(result)
+    if args.asked:
+        from studio.render import integrity
+
+        check = integrity.integrity_check(args.dub, args.asked, template_video=args.template)
+        result["integrity"] = json_safe({k: check[k] for k in ("dub", "floor", "verdict")})
+        text += "\n\nface integrity (studio integrity):\n" + integrity.table(check)
+    return print_report(result, text)
