@@ -211,3 +211,12 @@ def test_a_corrupt_shipped_copy_falls_back_to_the_weights_folder(tmp_path, monke
     monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
     assert weights.shipped_path("face_landmarker") is None
     assert weights_path("face_landmarker", download=False) == weights_dir / "face_landmarker.task"
+
+
+def test_the_shipped_files_are_package_data():
+    """A non-editable install (a wheel) carries every file of studio/face/assets/."""
+    import tomllib
+
+    config = tomllib.loads((Path(weights.__file__).parents[2] / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["package-data"]["studio.face"])
+    assert {f"assets/{p.name}" for p in weights.ASSETS_DIR.iterdir()} <= listed
