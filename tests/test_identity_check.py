@@ -182,7 +182,7 @@ def real(shared, tmp_path_factory):
     yield SimpleNamespace(
         dir=d, video=video, pipe=Pipeline(work_dir=d / "work"),
         katie=cut(video / "katie_hill.mp4", d / "katie_hill_cut.mp4", 0, 50, 3),  # 6 s of her, 50 frames
-        own=cut(SAMPLE_TEMPLATE, d / "sample_cut.mp4", 450, 50, 5))  # 10 s of the sample, re-encoded
+        own=cut(SAMPLE_TEMPLATE, d / "sample_cut.mp4", 100, 50, 6))  # 10 s of the sample, re-encoded
     mp.undo()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import socket
@@ -88,7 +89,9 @@ def test_unknown_name():
         weights_path("no-such-model")
 
 
-def test_missing_without_download_names_file_url_and_folder(cache):
+def test_missing_without_download_names_file_url_and_folder(cache, monkeypatch):
+    unshipped = dataclasses.replace(weights.REGISTRY["face_landmarker"], shipped=None)
+    _register(monkeypatch, "face_landmarker", unshipped)
     with pytest.raises(WeightsError) as ei:
         weights_path("blazeface", download=False)
     text = f"{ei.value.message} {ei.value.hint}"
@@ -192,3 +195,54 @@ def test_http_404(server, cache, monkeypatch):
     _register(monkeypatch, "test_404", WeightSpec("gone.bin", None, base + "gone.bin"))
     with pytest.raises(WeightsError, match="Could not download gone.bin"):
         weights_path("test_404", timeout=5)
+
+
+def test_the_shipped_face_model_matches_its_checksum_and_licence():
+    s = weights.REGISTRY["face_landmarker"]
+    path = weights.ASSETS_DIR / s.shipped
+    assert path.is_file()
+    assert weights.sha256_of(path) == s.sha256 == "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+    notice = (weights.ASSETS_DIR / "NOTICE.md").read_text()
+    assert s.sha256 in notice and s.url in notice and "MediaPipe" in notice
+    assert "Apache License" in (weights.ASSETS_DIR / "LICENSE-Apache-2.0.txt").read_text()
+
+
+def test_the_shipped_face_model_is_found_without_network_or_weights_folder(tmp_path, monkeypatch):
+    """No socket may be opened and the weights folder (empty) is never looked at."""
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(weights, "_verified", set())  # the checksum is really checked here
+
+    def no_network(*a, **kw):
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(weights, "_download", no_network)
+    seen = []
+    real_is_good = weights._is_good
+    monkeypatch.setattr(weights, "_is_good", lambda p, s: seen.append(Path(p)) or real_is_good(p, s))
+    p = weights_path("face_landmarker")
+    assert p == weights.ASSETS_DIR / "face_landmarker.task"
+    assert weights.shipped_path("face_landmarker") == p
+    assert all(q.parent == weights.ASSETS_DIR for q in seen)
+    assert not (tmp_path / "nowhere").exists()
+    assert weights.shipped_path("fan_2d") is None  # the others are not shipped: download stays
+
+
+def test_a_corrupt_shipped_copy_falls_back_to_the_weights_folder(tmp_path, monkeypatch, weights_dir):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "face_landmarker.task").write_bytes(b"not the model")
+    monkeypatch.setattr(weights, "ASSETS_DIR", assets)
+    monkeypatch.setenv("STUDIO_WEIGHTS_DIR", str(weights_dir))
+    assert weights.shipped_path("face_landmarker") is None
+    assert weights_path("face_landmarker", download=False) == weights_dir / "face_landmarker.task"
+
+
+def test_the_shipped_files_are_package_data():
+    """A non-editable install (a wheel) carries every file of studio/face/assets/."""
+    import tomllib
+
+    config = tomllib.loads((Path(weights.__file__).parents[2] / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["package-data"]["studio.face"])
+    assert {f"assets/{p.name}" for p in weights.ASSETS_DIR.iterdir()} <= listed

@@ -9,6 +9,11 @@ empty) and renamed into place, so a failed or partial download never leaves a fi
 trusted. Offline, or on any failure, :class:`~studio.errors.WeightsError` names the file, the URL
 and the folder to put it in by hand.
 
+Some files ship inside the package (``studio/face/assets/``, with their licence): the MediaPipe
+``face_landmarker.task``. Such a file is used first, after its sha256 is checked (once per
+process and file version), so footage of a new person needs neither the network nor the
+weights folder; only when it is missing or corrupt do the folder and the download follow.
+
 The face-alignment files sit in a ``face_alignment/`` sub-folder under the names that package
 uses itself (its own cache is ``$TORCH_HOME/hub/checkpoints/``; we pass our paths to it instead).
 """
@@ -41,10 +46,7 @@ class WeightSpec:
     sha256: str | None  # None: unknown upstream checksum; then only size > 0 is checked
     url: str
     licence: str = ""
-    shipped: bool = False  # a copy ships inside the package (ASSETS_DIR), found before anything else
-
-
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # licence and checksums: assets/NOTICE.md
+    shipped: str | None = None  # file name in studio/face/assets/ when the package ships it
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -52,7 +54,7 @@ REGISTRY: dict[str, WeightSpec] = {
         "face_landmarker.task",
         "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
         _MEDIAPIPE_BUCKET + "face_landmarker/face_landmarker/float16/1/face_landmarker.task",
-        "Apache-2.0", shipped=True),
+        "Apache-2.0", shipped="face_landmarker.task"),
     # face-alignment (1adrianb/face-alignment, BSD-3-Clause): URLs from face_alignment/api.py and
     # detection/sfd/sfd_detector.py. The name's hex part is a sha256 prefix (torch.hub style);
     # the full checksums are not published.
@@ -80,6 +82,8 @@ REGISTRY: dict[str, WeightSpec] = {
         "a10bb2fb93ab54ca426d6c750bfc3aad685028a16dcf231357d03694f261fd95",
         _BLAZEFACE_REPO + "anchorsback.npy?raw=true", "Apache-2.0"),
 }
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 # (path, size, mtime_ns) of files whose checksum was verified in this process.
 _verified: set[tuple[str, int, int]] = set()
@@ -127,24 +131,35 @@ def _is_good(path: Path, s: WeightSpec) -> bool:
     return True
 
 
+def shipped_path(name: str) -> Path | None:
+    """The package's own copy of model file ``name`` when it ships one that is intact, else None.
+
+    Never touches the network or the weights folder; the sha256 is checked once per process.
+    """
+    s = spec(name)
+    if s.shipped is None:
+        return None
+    path = ASSETS_DIR / s.shipped
+    return path if _is_good(path, s) else None
+
+
 def _hint(s: WeightSpec, folder: Path) -> str:
     return (f"Download {s.url} and save it as {folder / s.file} "
             f"(or set STUDIO_WEIGHTS_DIR to a folder that has {s.file}).")
 
 
 def weights_path(name: str, *, download: bool = True, timeout: float = 30) -> Path:
-    """Path of model file ``name``: the copy shipped in the package (``ASSETS_DIR``, for the face
-    landmarker), else the one in the cache, downloading it first if needed.
+    """Path of model file ``name``: the package's shipped copy, else the cache, downloading it
+    into the cache first if needed.
 
     download=False never touches the network (missing -> WeightsError). timeout: seconds for the
     connection and for each read. Raises WeightsError on any failure (offline, HTTP error,
     checksum mismatch, empty file, unwritable folder).
     """
     s = spec(name)
-    if s.shipped:
-        bundled = ASSETS_DIR / Path(s.file).name
-        if _is_good(bundled, s):
-            return bundled
+    shipped = shipped_path(name)
+    if shipped is not None:
+        return shipped
     folder = weights_dir()
     path = folder / s.file
     if _is_good(path, s):

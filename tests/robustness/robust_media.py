@@ -303,9 +303,9 @@ def audio_wrong_extension(d: Path) -> Path:
 
 
 def audio_long(d: Path) -> Path:
-    """The whole 11.9 s sample speech: with the one-second template, twelve times as long."""
+    """The 7.2 s sample speech twice (14.4 s): with the one-second template, over ten times as long."""
     p = d / "long_speech.wav"
-    sf.write(str(p), sample_signal(), SAMPLE_RATE)
+    sf.write(str(p), np.concatenate([sample_signal(), sample_signal()]), SAMPLE_RATE)
     return p
 
 

@@ -36,6 +36,8 @@ import pytest
 
 import robust_media as rm
 
+SAMPLE_FPS = 30  # the sample template's frame rate (sample_media/README.md)
+
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ class Session:
         out = self._predict()
         if out is None:
             return False
-        expected = int(round(float(self.speech.stem.split("_")[-1]) * 25))
+        expected = int(round(float(self.speech.stem.split("_")[-1]) * SAMPLE_FPS))
         self.frames = expected
         if f"{expected} frames" not in out[-1]:
             self.crosstalk.append(f"predict summary {out[-1]!r}, expected {expected} frames")
@@ -270,7 +272,7 @@ def test_soak(server, tmp_path):
     fresh = Client(server["url"], verbose=False)
     out = fresh.predict(str(rm.SAMPLE_SUBJECT.resolve()), handle_file(str(speeches[0])), "template", None, "ours",
                         api_name="/predict")
-    assert "50 frames" in out[-1]
+    assert f"{2 * SAMPLE_FPS} frames" in out[-1]  # the 2 s speech
 
     errors = [e for s in sessions for e in s.errors]
     crosstalk = [f"session {s.k}: {c}" for s in sessions for c in s.crosstalk]
