@@ -231,7 +231,7 @@ def save_series(path: Path, series: Sequence[Series]) -> None:
 
 
 def load_series(path: Path) -> list[Series]:
-    z = np.load(path)
+    z = np.load(path, allow_pickle=False)
     meta = json.loads(str(z["meta"]))
     return [Series(m["clip"], m["speaker"], m["method"], z[f"p{i}"], z[f"t{i}"], z[f"v{i}"].astype(bool), m["fps"])
             for i, m in enumerate(meta)]
