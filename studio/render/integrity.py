@@ -313,12 +313,14 @@ def integrity_check(dub_video: str | os.PathLike[str], asked_csv: str | os.PathL
                           "Check that the file is the dub (a visible face), not another video.")
     errors = region_errors(found, asked.points)
     outside = None
-    if tpl_frames:
-        outside = np.array([outside_change(d, t, [tp, a], cfg) for d, t, tp, a in
-                            zip(dub, tpl_frames, _faces_of(asked, n), asked.points)])
-    result: dict[str, Any] = {"dub": summarize(errors, outside, cfg), "floor": None}
     tpl_pts = _template_points(asked, Path(template_video) if template_video else None,
                                Path(work_dir) if work_dir else None) if tpl_frames else asked.template
+    if tpl_frames:
+        # the face that may change is the template's (from the CSV, else tracked on the template) and the asked
+        faces = list(tpl_pts[:n]) if tpl_pts is not None else list(asked.points[:n])
+        outside = np.array([outside_change(d, t, [tp, a], cfg) for d, t, tp, a in
+                            zip(dub, tpl_frames, faces, asked.points)])
+    result: dict[str, Any] = {"dub": summarize(errors, outside, cfg), "floor": None}
     if tpl_frames and tpl_pts is not None:
         floor_found = redetect(tpl_frames)
         result["floor"] = summarize(region_errors(floor_found, tpl_pts), np.zeros(n), cfg)
@@ -332,11 +334,6 @@ def integrity_check(dub_video: str | os.PathLike[str], asked_csv: str | os.PathL
     result |= {"dub_video": str(dub_path), "asked": str(asked_csv),
                "template_video": str(template_video) if template_video else None, "config": asdict(cfg)}
     return result
-
-
-def _faces_of(asked: Asked, n: int) -> list[np.ndarray]:
-    """The template's own points per frame for the outline (the asked points where unknown)."""
-    return list(asked.template[:n]) if asked.template is not None else list(asked.points[:n])
 
 
 def table(result: dict[str, Any]) -> str:
