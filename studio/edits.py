@@ -553,6 +553,98 @@ def _scale_mouth_opening(x: np.ndarray, gain: float) -> np.ndarray:
     return p.reshape(x.shape)
 
 
+def soft_limit(x: np.ndarray, knee: float, limit: float) -> np.ndarray:
+    """x unchanged up to ``knee``, then bent smoothly (slope 1 at the knee) toward ``limit``,
+    which it never reaches: ``knee + (limit - knee) * tanh((x - knee) / (limit - knee))``."""
+    x = np.asarray(x, np.float64)
+    span = max(limit - knee, 1e-9)
+    return np.where(x > knee, knee + span * np.tanh((x - knee) / span), x)
+
+
+def chin_depth(talk: np.ndarray) -> np.ndarray:
+    """(T, 58) normalized -> (T,): the chin's distance below the hinge axis of the jaw edit
+    (through the nose centre, parallel to jaw point 4 -> 12)."""
+    p = _points(np.asarray(talk, np.float64)).reshape(-1, N_TALKING, 2)
+    jaw = p[:, N_MOUTH:]
+    _, v = _frame_axes(jaw[:, 0], jaw[:, -1])
+    return np.einsum("td,td->t", jaw[:, _CHIN - N_MOUTH], v)
+
+
+def limit_shape(talk: np.ndarray, reference: np.ndarray, pca: PCAModel, *, z_knee: float = 2.0,
+                z_max: float = 2.5, residual_factor: float = 2.0) -> np.ndarray:
+    """Keep the mouth's shape one the person could make.
+
+    talk (T, 58) normalized wanted talking points; reference (N, 58) the person's own (the
+    template footage); pca the subject's mouth PCA. The mouth's PCA coefficients, in standard
+    deviations of the reference's, have an rms size (0.8-1.7 on footage, 1.5 median on
+    predictions); it is bent softly (:func:`soft_limit`) from ``z_knee`` toward ``z_max``; what the PCA does not explain is shrunk to at most ``residual_factor`` x
+    its median size on the reference (on predictions it is often several times that: a lower
+    lip pulled into a V lives there, not in the PCA). Only the 20 mouth points change. -> (T, 58).
+
+    Why: at a speech onset the mapping network asked for a mouth at rms 4.3 deviations (one
+    coefficient at 11) from what the footage shows (a lower lip folded into a V, the far corner torn up), and
+    the renderer draws exactly what it is asked.
+    """
+    x = np.asarray(talk, np.float64).copy()
+    ref = np.asarray(reference, np.float64)
+    if len(x) == 0 or len(ref) < 2:
+        return np.array(talk, copy=True)
+    mouth = x[:, :MOUTH_DIM]
+    c = np.asarray(pca.transform(mouth), np.float64)
+    cr = np.asarray(pca.transform(ref[:, :MOUTH_DIM]), np.float64)
+    mu, sd = cr.mean(0), np.maximum(cr.std(0), 1e-6)
+    z = (c - mu) / sd
+    size_z = np.sqrt((z ** 2).mean(axis=1))  # rms over the coefficients: 0.8-1.7 on the footage itself
+    zl = z * (soft_limit(size_z, z_knee, z_max) / np.maximum(size_z, 1e-12))[:, None]
+    c2 = mu + zl * sd
+    residual = mouth - np.asarray(pca.inverse(c), np.float64)
+    size = np.linalg.norm(residual, axis=1)
+    own = ref[:, :MOUTH_DIM] - np.asarray(pca.inverse(cr), np.float64)
+    cap = residual_factor * float(np.median(np.linalg.norm(own, axis=1)))
+    shrink = np.where(size > cap, cap / np.maximum(size, 1e-12), 1.0)
+    x[:, :MOUTH_DIM] = np.asarray(pca.inverse(c2), np.float64) + shrink[:, None] * residual
+    return x.astype(np.asarray(talk).dtype)
+
+
+def limit_opening(talk: np.ndarray, reference: np.ndarray, *, margin: float = 1.1,
+                  knee: float = 0.85) -> np.ndarray:
+    """Keep the mouth and jaw opening inside the range a person shows.
+
+    talk (T, 58) normalized wanted talking points; reference (N, 58) the same person's own
+    talking points (the template footage). The inner-lip gap and the chin depth are each bent
+    softly (:func:`soft_limit`) from ``knee`` x to at most ``margin`` x the reference's largest;
+    below the knee nothing changes. The gap is scaled as ``mouth_open_gain`` scales it (per
+    frame), the jaw as ``jaw_open_gain`` stretches it. -> (T, 58), ``talk``'s dtype.
+
+    Why: the mapping network can ask for more than the footage ever shows (at a loud speech onset
+    it opened katie_hill's mouth to 1.4x her widest), and no renderer can draw a mouth it has no
+    pixels for: the retrieval pick stretches its widest donor into a torn lip.
+    """
+    x = np.asarray(talk, np.float64)
+    ref = np.asarray(reference, np.float64)
+    if len(x) == 0 or len(ref) == 0:
+        return np.array(talk, copy=True)
+    gap = talk_mouth_gap(x)
+    top = float(np.max(talk_mouth_gap(ref)))
+    if top > 0:
+        limited = soft_limit(gap, knee * margin * top, margin * top)
+        gain = np.where(gap > 1e-9, limited / np.maximum(gap, 1e-9), 1.0)
+        x = _scale_mouth_opening(x, gain[:, None])
+    chin, deep = chin_depth(x), float(np.max(chin_depth(ref)))
+    rest = float(np.percentile(chin_depth(ref), JAW_REST_PERCENTILE))
+    if deep > rest:  # limit the chin's drop below the person's resting chin
+        lo = rest + knee * margin * (deep - rest)
+        limited = soft_limit(chin, lo, rest + margin * (deep - rest))
+        scale = np.where(np.abs(chin) > 1e-9, limited / np.where(np.abs(chin) > 1e-9, chin, 1.0), 1.0)
+        p = x.reshape(-1, N_TALKING, 2).copy()
+        jaw = p[:, N_MOUTH:]
+        _, v = _frame_axes(jaw[:, 0], jaw[:, -1])
+        depth = np.einsum("tkd,td->tk", jaw, v)
+        p[:, N_MOUTH:] += ((scale[:, None] - 1.0) * depth)[..., None] * v[:, None, :]
+        x = p.reshape(x.shape)
+    return x.astype(np.asarray(talk).dtype)
+
+
 def _move_jaw(x: np.ndarray, gain: float, offset: float) -> np.ndarray:
     """Stretch the jaw points' distance below the hinge axis (see module doc)."""
     p = x.reshape(-1, N_TALKING, 2).copy()

@@ -33,7 +33,7 @@ import numpy as np
 
 from studio import media
 from studio.audio import SAMPLE_RATE, features_for_video, frame_energy
-from studio.edits import Edits, apply_edits, closed_mouth_shape
+from studio.edits import Edits, apply_edits, closed_mouth_shape, limit_opening, limit_shape
 from studio.errors import CancelledError, CheckpointError, InputError, StudioError
 from studio.face import layout
 from studio.fsutil import sha256_file
@@ -58,6 +58,8 @@ class PipelineConfig:
     # "high" (crf 16, x264 "medium": about 3x the encoding time, for delivery)
     check_identity: bool = True  # refuse an uploaded template that shows another person than the
     # subject's footage (studio.face.identity_check); False dubs it anyway (CLI --allow-other-person)
+    opening_margin: float = 1.1  # mouth and jaw open at most this x the template footage's widest,
+    # in a shape near the footage's own (studio.edits.limit_opening, limit_shape; 0: no limits)
     anchor_to_template: bool = True  # place the mouth where the template's sits and draw the jaw on
     # the template's own contour, moved by the predicted chin drop (studio.face.jaw): the
     # network's placement is unreliable on turned heads
@@ -297,18 +299,26 @@ class Pipeline:
 
         pca = self.mapping(subject, prediction.variant).pca
         closed = self.closed_shape(subject) if edits.close_on_silence else None
-        talk = apply_edits(prediction.talk, edits, pca, speech_energy=prediction.energy,
-                           closed_shape=closed, fps=prediction.fps)
         idx = prediction.frame_index
+        norm = template.norm_landmarks
+        found = np.asarray(template.found, bool)
+        own = norm[found] if found.sum() >= 10 else norm
+        wanted = prediction.talk
+        if self.config.opening_margin > 0:
+            # a shape the person could make, no wider than they ever open in the footage; edits
+            # still go past it on purpose
+            ref = layout.talking_vector(own)
+            wanted = limit_shape(wanted, ref, pca)
+            wanted = limit_opening(wanted, ref, margin=self.config.opening_margin)
+        talk = apply_edits(wanted, edits, pca, speech_energy=prediction.energy,
+                           closed_shape=closed, fps=prediction.fps)
         if self.config.anchor_to_template:
             from studio.face.jaw import anchor_jaw, fit_jaw_motion, mouth_placement, place_mouth
 
-            norm = template.norm_landmarks
-            found = np.asarray(template.found, bool)
-            motion = fit_jaw_motion(norm[found] if found.sum() >= 10 else norm)
+            motion = fit_jaw_motion(own)
             # placement is measured on the unedited prediction, so that edits keep their effect
-            placement = mouth_placement(prediction.talk, norm[idx], prediction.fps)
-            lips = place_mouth(prediction.talk, norm[idx], placement)
+            placement = mouth_placement(wanted, norm[idx], prediction.fps)
+            lips = place_mouth(wanted, norm[idx], placement)
             talk = anchor_jaw(place_mouth(talk, norm[idx], placement), norm[idx], motion, lips=lips)
         centre, scale = template.centre[idx], template.scale[idx]
         base = template.landmarks[idx]

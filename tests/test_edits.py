@@ -350,3 +350,48 @@ def test_benchmark_reports_plain_numbers():
     report = benchmark(minutes=0.1, repeats=1)
     assert report["frames"] == 150.0
     assert all(isinstance(v, float) and v > 0 for v in report.values())
+
+
+# -- limits to the person's own range (studio.pipeline asks for these before any edit) -----------
+
+def test_soft_limit_is_the_identity_below_the_knee_and_never_reaches_the_limit():
+    from studio.edits import soft_limit
+
+    x = np.linspace(-1.0, 10.0, 500)
+    y = soft_limit(x, 2.0, 3.0)
+    below = x <= 2.0
+    np.testing.assert_array_equal(y[below], x[below])
+    assert (y < 3.0).all() and (np.diff(y) > 0).all()  # monotone, bounded
+    assert abs(soft_limit(np.array([2.001]), 2.0, 3.0)[0] - 2.001) < 1e-5  # slope 1 at the knee
+
+
+def test_limit_opening_caps_the_gap_and_the_chin_at_the_persons_widest(talk):
+    from studio.edits import chin_depth, limit_opening
+
+    wide = apply_edits(talk, Edits(mouth_open_gain=2.5, jaw_open_gain=2.5))
+    out = limit_opening(wide, talk, margin=1.1)
+    # the gap is scaled across the corner line, measured in y: 1 % for the head roll
+    assert talk_mouth_gap(out).max() < 1.01 * 1.1 * talk_mouth_gap(talk).max()
+    assert talk_mouth_gap(wide).max() > 2 * talk_mouth_gap(talk).max()
+    assert chin_depth(out).max() < 1.01 * 1.1 * chin_depth(talk).max()
+    # the person's own footage is inside its own range: nearly untouched (only above 0.85 x 1.1 x max)
+    same = limit_opening(talk, talk, margin=1.1)
+    assert np.abs(same - talk).max() < 0.02 * np.abs(talk).max()
+    np.testing.assert_array_equal(same[talk_mouth_gap(talk) < 0.5 * talk_mouth_gap(talk).max(), :layout.MOUTH_DIM],
+                                  talk[talk_mouth_gap(talk) < 0.5 * talk_mouth_gap(talk).max(), :layout.MOUTH_DIM])
+
+
+def test_limit_shape_pulls_a_torn_lip_back_and_keeps_plausible_mouths(talk, pca):
+    from studio.edits import limit_shape
+
+    torn = talk.copy().reshape(len(talk), -1, 2)
+    bad = np.arange(0, len(talk), 10)
+    lower_mid = list(layout.MOUTH).index(57)
+    torn[bad, lower_mid, 1] += 0.3  # the lower lip's centre pulled down into a V
+    torn = torn.reshape(talk.shape)
+    out = limit_shape(torn, talk, pca)
+    v = lambda t: t.reshape(len(t), -1, 2)[:, lower_mid, 1]  # noqa: E731
+    assert np.abs(v(out) - v(talk))[bad].max() < 0.6 * 0.3  # most of the V is gone
+    good = np.setdiff1d(np.arange(len(talk)), bad)
+    assert np.abs(out[good] - talk[good]).max() < 0.05  # normal frames barely move
+    np.testing.assert_array_equal(out[:, JAW], torn[:, JAW])  # the jaw is not touched

@@ -13,7 +13,7 @@ import pytest
 from studio import media
 from studio.cli import main
 from studio.errors import InputError
-from studio.render.integrity import (IntegrityConfig, integrity_check, outside_change, points_columns,
+from studio.render.integrity import (IntegrityConfig, integrity_check, lip_bend, outside_change, points_columns,
                                      read_asked, region_errors, summarize)
 
 N = 50  # frames of katie_hill used (2 s, the head turning)
@@ -67,6 +67,20 @@ def test_errors_and_broken_frames_on_arrays():
     assert e["jaw"][3] == pytest.approx(12.5 / 80, rel=1e-3) and e["mouth"][3] < 0.01
     s = summarize(e, None, IntegrityConfig())
     assert s["broken_frames"] == [3, 7] and s["no_face"] == 1 and s["broken"] == pytest.approx(0.2)
+
+
+def test_a_lower_lip_torn_into_a_v_is_broken_though_the_points_are_near():
+    from render_faces import face_points
+
+    smooth = face_points(128, 118, 40)[None].astype(np.float64)
+    torn = smooth.copy()
+    torn[0, 57, 1] -= 1.2 * (torn[0, 57, 1] - torn[0, 66, 1])  # the lip's centre pulled up into a V
+    bend = lip_bend(np.concatenate([smooth, torn]))
+    assert bend[0] < 40 and bend[1] > 60
+    e = {k: np.full(2, 0.03) for k in ("jaw", "mouth", "upper")}  # the re-detector sees a smooth lip
+    s = summarize(e, None, IntegrityConfig(), bend, bend_limit=bend[0] + 20)
+    assert s["broken_frames"] == [1] and s["bend"]["frames_over"] == pytest.approx(0.5)
+    assert summarize(e, None, IntegrityConfig())["broken"] == 0.0  # without the bend it looks fine
 
 
 def test_outside_change_sees_paint_outside_the_face_only():

@@ -29,7 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from studio import media, metrics  # noqa: E402
-from studio.pipeline import Pipeline  # noqa: E402
+from studio.pipeline import Pipeline, PipelineConfig  # noqa: E402
+
+CONFIG = PipelineConfig()
 from studio.sync import sync_check  # noqa: E402
 
 MAX_LAG = 3
@@ -69,7 +71,7 @@ def run_dub(first: Path, speech_path: Path, last: Path, real_audio: Path | None,
     """One-step dub of ``speech_path`` onto the footage ``first``, scored against ``last``, the real
     video of that speech (its sound in ``real_audio`` when the video has none)."""
     video = Path(name)
-    pipe = Pipeline()
+    pipe = Pipeline(config=CONFIG)
     subject = pipe.subject_for_video(first)
     speech = pipe.speech(speech_path)
     tpl = pipe.template(subject, None)
@@ -107,7 +109,12 @@ def main() -> int:
                     help="dub SPEECH onto FOOTAGE (one step), score against REAL (its sound: SPEECH)")
     ap.add_argument("--split", type=float, default=0.7)
     ap.add_argument("--renderer", default="retrieval")
+    ap.add_argument("--no-limits", action="store_true", help="ask for the prediction as it is (no shape or "
+                    "opening limit, PipelineConfig.opening_margin=0)")
     args = ap.parse_args()
+    global CONFIG
+    if args.no_limits:
+        CONFIG = PipelineConfig(opening_margin=0.0)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,17 @@ points ``tx0..ty67`` beside them). Two measures, each per frame:
   earlier katie_hill one-step dub the jaw error stayed at 0.08 while 2.4 % of the face's area
   had been painted outside it, on every frame.
 
+- **lip bend** (``bend``): the sharpest bend, in degrees, of the asked lower lip (outer 55-59,
+  inner 65-67) at any of its points; the limit is the template's own points' p99 + ``bend_margin``.
+  This one reads the asked points, not the picture, because the re-detector cannot see it:
+  MediaPipe fits a smooth lip through a lower lip torn into a V (asked: a 100-degree bend at
+  point 57 on the first katie_hill frames; re-detected on the dub: 25, the template's own 22),
+  so the landmark error stayed at 0.04 on frames any viewer sees as broken. The renderer draws
+  what it is asked, so an impossible ask is an impossible picture.
+
 A frame is **broken** when its jaw or mouth error exceeds ``broken_error`` (0.10), its outside
-change exceeds ``broken_outside`` (0.5 %), or no face is re-detected. The **floor** is the same
+change exceeds ``broken_outside`` (0.5 %), its asked lip bends past the limit, or no face is
+re-detected. The **floor** is the same
 landmark measure on the template frames themselves against the template's own points (detector
 disagreement); its outside change is 0 by construction. A dub passes when its broken fraction is
 at most the floor's + ``max_broken_excess`` and its jaw p95 at most ``max_jaw_ratio`` x the
@@ -67,6 +76,7 @@ class IntegrityConfig:
     outline_margin: float = 3.0  # px the face outlines are dilated by before "outside" starts
     max_broken_excess: float = 0.01  # pass: broken fraction <= floor + this
     max_jaw_ratio: float = 1.15  # pass: jaw p95 <= this x the floor's
+    bend_margin: float = 20.0  # degrees an asked lip may bend past the template's sharpest (p99)
     worst: int = 8  # contact sheet: worst frames
     random: int = 4  # ... and frames at random
     tile: int = 224  # px of one picture in the sheet
@@ -156,7 +166,22 @@ def outside_change(dub: np.ndarray, template: np.ndarray, faces: Sequence[np.nda
     return float(((diff > cfg.change_threshold) & (grown == 0)).sum() / area)
 
 
-def summarize(errors: dict[str, np.ndarray], outside: np.ndarray | None, cfg: IntegrityConfig) -> dict[str, Any]:
+LOWER_LIP_BENDS = ((54, 55, 56), (55, 56, 57), (56, 57, 58), (57, 58, 59), (58, 59, 48), (65, 66, 67))
+
+
+def lip_bend(points: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) -> (T,) degrees: the largest turn of the lower lip's outline at one of its
+    points (0: straight on; a lip torn into a V turns by 90 or more at its centre)."""
+    p = np.asarray(points, np.float64)
+    turns = []
+    for a, b, c in LOWER_LIP_BENDS:
+        u, v = p[:, b] - p[:, a], p[:, c] - p[:, b]
+        turns.append(np.abs(np.degrees(np.arctan2(u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0], (u * v).sum(1)))))
+    return np.max(turns, axis=0)
+
+
+def summarize(errors: dict[str, np.ndarray], outside: np.ndarray | None, cfg: IntegrityConfig,
+              bend: np.ndarray | None = None, bend_limit: float | None = None) -> dict[str, Any]:
     """Per-region median / p95 (over frames with a face), broken fraction and its causes."""
     found = np.isfinite(errors["jaw"])
     out: dict[str, Any] = {"frames": int(len(found)), "no_face": int((~found).sum())}
@@ -167,6 +192,11 @@ def summarize(errors: dict[str, np.ndarray], outside: np.ndarray | None, cfg: In
     bad_lm = ~found | (np.nan_to_num(errors["jaw"], nan=9) > cfg.broken_error) | \
         (np.nan_to_num(errors["mouth"], nan=9) > cfg.broken_error)
     bad = bad_lm.copy()
+    if bend is not None and bend_limit is not None:
+        over = bend > bend_limit
+        bad |= over
+        out["bend"] = {"p95": float(np.percentile(bend, 95)), "max": float(bend.max()), "limit": float(bend_limit),
+                       "frames_over": float(over.mean())}
     if outside is not None:
         bad |= outside > cfg.broken_outside
         out["outside"] = {"mean": float(outside.mean()), "max": float(outside.max()),
@@ -177,11 +207,14 @@ def summarize(errors: dict[str, np.ndarray], outside: np.ndarray | None, cfg: In
     return out
 
 
-def frame_score(errors: dict[str, np.ndarray], outside: np.ndarray | None, cfg: IntegrityConfig) -> np.ndarray:
+def frame_score(errors: dict[str, np.ndarray], outside: np.ndarray | None, cfg: IntegrityConfig,
+                bend: np.ndarray | None = None, bend_limit: float | None = None) -> np.ndarray:
     """(T,) badness of each frame in units of its thresholds (> 1: broken); no face: 10."""
     s = np.maximum(errors["jaw"], errors["mouth"]) / cfg.broken_error
     if outside is not None:
         s = np.maximum(s, outside / cfg.broken_outside)
+    if bend is not None and bend_limit is not None:
+        s = np.maximum(s, bend / bend_limit)
     return np.where(np.isfinite(s), s, 10.0)
 
 
@@ -228,7 +261,8 @@ def _tile(frame: np.ndarray, centre: np.ndarray, half: float, size: int,
 
 def contact_sheet(path: str | os.PathLike[str], dub: Sequence[np.ndarray], template: Sequence[np.ndarray],
                   asked: Asked, found: np.ndarray, score: np.ndarray, errors: dict[str, np.ndarray],
-                  outside: np.ndarray | None, cfg: IntegrityConfig = IntegrityConfig()) -> list[int]:
+                  outside: np.ndarray | None, cfg: IntegrityConfig = IntegrityConfig(),
+                  bend: np.ndarray | None = None) -> list[int]:
     """Write the sheet (PNG or JPEG by suffix): rows of (template, dub, dub + points) for the
     ``worst`` frames by ``score`` then ``random`` others. Returns the frames shown, in order."""
     order = [int(i) for i in np.argsort(-score, kind="stable")[:cfg.worst]]
@@ -246,6 +280,8 @@ def contact_sheet(path: str | os.PathLike[str], dub: Sequence[np.ndarray], templ
         text = f"{i}: jaw {errors['jaw'][i]:.2f} mouth {errors['mouth'][i]:.2f}"
         if outside is not None:
             text += f" out {100 * outside[i]:.1f}%"
+        if bend is not None:
+            text += f" lip {bend[i]:.0f}deg"
         cv2.rectangle(row, (0, 0), (row.shape[1], 22), (0, 0, 0), -1)
         cv2.putText(row, text + ("  BROKEN" if score[i] > 1 else ""), (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (255, 80, 80) if score[i] > 1 else (255, 255, 255), 1, cv2.LINE_AA)
@@ -320,15 +356,18 @@ def integrity_check(dub_video: str | os.PathLike[str], asked_csv: str | os.PathL
         faces = list(tpl_pts[:n]) if tpl_pts is not None else list(asked.points[:n])
         outside = np.array([outside_change(d, t, [tp, a], cfg) for d, t, tp, a in
                             zip(dub, tpl_frames, faces, asked.points)])
-    result: dict[str, Any] = {"dub": summarize(errors, outside, cfg), "floor": None}
+    bend, bend_limit = lip_bend(asked.points), None
+    if tpl_pts is not None:
+        bend_limit = float(np.percentile(lip_bend(tpl_pts[:n]), 99)) + cfg.bend_margin
+    result: dict[str, Any] = {"dub": summarize(errors, outside, cfg, bend, bend_limit), "floor": None}
     if tpl_frames and tpl_pts is not None:
         floor_found = redetect(tpl_frames)
         result["floor"] = summarize(region_errors(floor_found, tpl_pts), np.zeros(n), cfg)
     result["verdict"] = verdict(result["dub"], result["floor"], cfg)
     result["sheet"] = None
     if sheet is not None:
-        score = frame_score(errors, outside, cfg)
-        shown = contact_sheet(sheet, dub, tpl_frames or dub, asked, found, score, errors, outside, cfg)
+        score = frame_score(errors, outside, cfg, bend, bend_limit)
+        shown = contact_sheet(sheet, dub, tpl_frames or dub, asked, found, score, errors, outside, cfg, bend)
         result["sheet"] = str(sheet)
         result["sheet_frames"] = shown
     result |= {"dub_video": str(dub_path), "asked": str(asked_csv),
@@ -338,15 +377,16 @@ def integrity_check(dub_video: str | os.PathLike[str], asked_csv: str | os.PathL
 
 def table(result: dict[str, Any]) -> str:
     rows = [("dub", result["dub"]), ("floor (template)", result["floor"])]
-    lines = ["| video | broken | jaw median / p95 | mouth median / p95 | upper p95 | outside mean / frames over |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| video | broken | jaw median / p95 | mouth median / p95 | upper p95 | outside mean / frames over "
+             "| asked lip bend max / limit |", "|---|---|---|---|---|---|---|"]
     for name, r in rows:
         if r is None:
             continue
         o = r.get("outside")
         lines.append(f"| {name} | {100 * r['broken']:.1f} % | {r['jaw']['median']:.3f} / {r['jaw']['p95']:.3f} | "
                      f"{r['mouth']['median']:.3f} / {r['mouth']['p95']:.3f} | {r['upper']['p95']:.3f} | "
-                     + (f"{100 * o['mean']:.2f} % / {100 * o['frames_over']:.1f} % |" if o else "n/a |"))
+                     + (f"{100 * o['mean']:.2f} % / {100 * o['frames_over']:.1f} % |" if o else "n/a |")
+                     + (f" {r['bend']['max']:.0f} / {r['bend']['limit']:.0f} deg |" if r.get("bend") else " n/a |"))
     v = result["verdict"]
     lines.append(f"\npassed: {'yes' if v['passed'] else 'NO'} (broken <= {100 * v['broken_limit']:.1f} %"
                  + (f", jaw p95 <= {v['jaw_p95_limit']:.3f})" if "jaw_p95_limit" in v else ")"))
