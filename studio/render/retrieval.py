@@ -73,6 +73,8 @@ POOL_VERSION = 1
 LOWER_NOSE = layout.NOSE_LOWER  # 31-35
 SIDE_CHEEK = (2, 3, 13, 14)
 CONTROL = layout.TALKING + SIDE_CHEEK + LOWER_NOSE  # 38 points
+# Where a rising chin may be covered with the picked frame's neck (jaw points, iBUG).
+CHIN_ZONE = tuple(range(5, 12))
 # The region that is replaced (its hull, per face).
 REGION = tuple(range(2, 15)) + LOWER_NOSE + layout.MOUTH
 N_RING = 16
@@ -964,9 +966,15 @@ class RetrievalRenderer:
             # the pick, what lies beyond its jaw contour (hair, shadow) is not drawn onto the cheek
             alpha = np.minimum(alpha, visible_face_mask(tp, dst, size)[y0:y1, x0:x1])
             # ... except below a chin that rises above the template's: there the picked frame's
-            # neck is what the template's old chin must be covered with
+            # neck is what the template's old chin must be covered with. Only there: beside the
+            # jaw's corners the picked frame's hair or shadow would open a dark wedge in the
+            # cheek (theresa_may_5s, a closing mouth), so the template's side of the jaw stays.
             wanted = outline_mask((dst - [x0, y0],), alpha.shape, 0.0, cfg.feather * px)
-            alpha *= np.maximum(self._donor_face(index, map_x, map_y), 1.0 - wanted)
+            chin = np.concatenate([tp[list(CHIN_ZONE)], dst[list(CHIN_ZONE)]])
+            below = cv2.GaussianBlur(_poly_mask(cv2.convexHull(chin.astype(np.float32)).reshape(-1, 2),
+                                                alpha.shape, (x0, y0)).astype(np.float32) / 255.0,
+                                     (0, 0), cfg.feather * px)
+            alpha *= np.maximum(self._donor_face(index, map_x, map_y), (1.0 - wanted) * below)
         target = crop[y0:y1, x0:x1]
         if cfg.colour_match:
             mouths = feathered_mask([_hull_poly(tp, layout.MOUTH), _hull_poly(dst, layout.MOUTH)],
