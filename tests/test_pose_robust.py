@@ -82,6 +82,24 @@ def test_jaw_motion_is_recovered_from_footage():
     assert abs(motion[0, 1]) < motion[chin, 1] and abs(motion[-1, 1]) < motion[chin, 1]
 
 
+def test_jaw_motion_is_not_fooled_by_a_head_that_turns_while_the_mouth_opens():
+    # the head turns (the jaw outline shifts sideways against the nose and eyes) exactly as the
+    # mouth opens: the chin drop alone would read that turn as sideways jaw motion
+    rng = np.random.default_rng(0)
+    openings = rng.uniform(0, 1, 60)
+    turns = 6.0 * openings + rng.normal(0, 1.5, 60)
+    frames = np.stack([face_points(128, 118, 40, opening=o) for o in openings]).astype(np.float64)
+    frames[:, 27:36, 0] += turns[:, None]  # the nose turns with the head ...
+    frames[:, 2:15, 0] += 0.6 * turns[:, None]  # ... and so does the jaw's outline, less
+    motion = fit_jaw_motion(_normalized(frames.astype(np.float64)))
+    from studio.face.jaw import MOTION_ACROSS, MOTION_DOWN
+
+    assert np.all(np.abs(motion[:, 0]) <= MOTION_ACROSS + 1e-6)
+    assert np.all((motion[:, 1] >= MOTION_DOWN[0] - 1e-6) & (motion[:, 1] <= MOTION_DOWN[1] + 1e-6))
+    assert np.abs(motion[:, 0]).max() < 0.1  # the turn is the pose's, not the jaw's
+    assert motion[layout.JAW.index(8), 1] == pytest.approx(1.0, abs=0.05)
+
+
 def test_anchor_jaw_keeps_the_template_contour_and_moves_it_by_the_chin_drop():
     template = _normalized(np.stack([face_points(128, 118, 40, opening=0.2, roll_deg=10)] * 3).astype(np.float64))
     motion = fit_jaw_motion(_normalized(np.stack([face_points(128, 118, 40, opening=o, roll_deg=10)
