@@ -2,9 +2,10 @@
 
     .venv/bin/python docs/results/render_follow.py OUT_DIR -- DUB ARGUMENTS...
 
-Runs ``python -m studio dub DUB ARGUMENTS... --out OUT_DIR/dub.mp4`` in this process, recording
-for every output frame the pool frame the renderer picked and the points it was asked to
-reach, re-detects the dub (the sync check's detector and cache), and fits the re-detected
+Runs ``python -m studio dub DUB ARGUMENTS... --out OUT_DIR/dub.mp4 --landmarks-csv
+OUT_DIR/dub.csv`` in this process, recording the pool frame the renderer picked for every output
+frame (``RetrievalRenderer.prepare``), reads what each frame was asked to draw from the CSV,
+re-detects the dub (the sync check's detector and cache), and fits the re-detected
 inner-lip opening as ``a x asked + b x picked + c`` (face-scale units). ``b`` is how much of the
 picked frame's own opening shows through the warp; a renderer that draws what it is asked has
 a = 1, b = 0. Also prints the mean shortfall binned by how much wider the ask is than the pick.
@@ -33,31 +34,39 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
-    dub = out / "dub.mp4"
-    asked: list[tuple[np.ndarray, np.ndarray]] = []
-    warp_into = retrieval.RetrievalRenderer.warp_into
+    dub, csv = out / "dub.mp4", out / "dub.csv"
+    picks: list[np.ndarray] = []
+    pool_points: list[np.ndarray] = []
+    prepare = retrieval.RetrievalRenderer.prepare
 
-    def recording(self, crop, template_points, points, index):
-        asked.append((self.pool.points[index].astype(np.float64), np.asarray(points, np.float64)))
-        return warp_into(self, crop, template_points, points, index)
+    def recording(self, lms, track):
+        state = prepare(self, lms, track)
+        picks.append(state)
+        pool_points.append(self.pool.points)
+        return state
 
-    retrieval.RetrievalRenderer.warp_into = recording
+    retrieval.RetrievalRenderer.prepare = recording
     try:
         from studio.cli import main as studio_main
-        rc = studio_main(["dub", *argv[2:], "--out", str(dub)])
+        rc = studio_main(["dub", *argv[2:], "--out", str(dub), "--landmarks-csv", str(csv)])
     finally:
-        retrieval.RetrievalRenderer.warp_into = warp_into
+        retrieval.RetrievalRenderer.prepare = prepare
     if rc:
         return rc
+    if len(picks) != 1:
+        sys.stderr.write("render_follow.py needs a dub with the retrieval renderer (one sequence of picks).\n")
+        return 2
+    from studio.render.integrity import read_asked
     from studio.sync import default_work_dir, detect_landmarks
 
     info = media.probe_video(dub)
     clip = detect_landmarks(dub, info, info.frames, default_work_dir(), "mediapipe", False, "render check")
-    n = min(len(asked), clip.meta.frames)
+    asked = read_asked(csv).points
+    n = min(len(asked), len(picks[0]), clip.meta.frames)
     ok = clip.valid[:n].astype(bool)
     rendered = metrics.openings(clip.landmarks[:n].astype(np.float64))["inner"][ok]
-    picked = metrics.openings(np.stack([a[0] for a in asked[:n]]))["inner"][ok]
-    want = metrics.openings(np.stack([a[1] for a in asked[:n]]))["inner"][ok]
+    picked = metrics.openings(pool_points[0][picks[0][:n]].astype(np.float64))["inner"][ok]
+    want = metrics.openings(asked[:n])["inner"][ok]
     coef, *_ = np.linalg.lstsq(np.stack([want, picked, np.ones_like(want)], 1), rendered, rcond=None)
     gap = want - picked
     result = {
